@@ -1,0 +1,171 @@
+"""One way to time generation, used by every notebook, so that figures are comparable.
+
+``generation()`` measures, for one model, device, dtype, batch size, prompt length and number
+of new tokens:
+- time to first token (TTFT): the prefill of the prompt plus the first token;
+- time per output token (TPOT) while decoding: (total time - TTFT) / (new tokens - 1);
+- decode tokens/s (batch / TPOT) and end-to-end tokens/s;
+- peak GPU memory (CUDA) or the process's resident memory (CPU), and the model's size in bytes;
+- the speed of light: the bytes one decode step must read (weights + KV cache) over the
+  device's measured memory bandwidth, and the fraction of that limit the run reached.
+
+Every figure is the median of ``repeats`` timed runs after ``warmup`` runs, with the GPU
+synchronised around each. ``time_fn()`` is the same discipline for any function.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from . import device as devices
+from .models import count_params, dtype_name, param_bytes
+
+PROMPTS_FILE = Path(__file__).resolve().parent.parent / "data" / "prompts.json"
+
+
+def prompts() -> list[str]:
+    """The workbook's own prompts (``data/prompts.json``); the first is the benchmark prompt."""
+    return json.loads(PROMPTS_FILE.read_text())["prompts"]
+
+
+def prompt_ids(tokenizer, length: int, batch: int = 1, device=None) -> torch.Tensor:
+    """The benchmark prompt as exactly ``length`` token ids (repeated if short), ``batch`` rows."""
+    ids = tokenizer(prompts()[0])["input_ids"]
+    while len(ids) < length:
+        ids = ids + ids
+    row = torch.tensor(ids[:length], dtype=torch.long)
+    return row.repeat(batch, 1).to(device or "cpu")
+
+
+def time_fn(fn, *, warmup: int = 2, repeats: int = 5, device=None) -> dict:
+    """Run ``fn()`` ``warmup`` times, then time ``repeats`` runs; return median, min, max and all times (s)."""
+    device = torch.device(device or devices.pick())
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        devices.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        devices.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "times": times}
+
+
+def hf_generate(model, pad_token_id: int | None = None, **kwargs):
+    """A ``generate_fn`` for ``generation()``: Hugging Face ``generate()``, greedy, exactly n new tokens."""
+
+    def run(input_ids: torch.Tensor, n: int) -> torch.Tensor:
+        return model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=pad_token_id,
+            **kwargs,
+        )
+
+    return run
+
+
+def kv_bytes_per_step(config, batch: int, positions: float, element_size: int) -> float:
+    """Bytes of K and V cache read by one decode step at ``positions`` cached tokens."""
+    return 2 * config.n_layer * config.n_embd * positions * batch * element_size
+
+
+def _memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "peak CUDA memory allocated"
+    import psutil
+
+    return psutil.Process().memory_info().rss, "process RSS after the run"
+
+
+@torch.no_grad()
+def generation(
+    model,
+    tokenizer,
+    *,
+    prompt_len: int = 32,
+    new_tokens: int = 128,
+    batch: int = 1,
+    warmup: int = 1,
+    repeats: int = 3,
+    generate_fn=None,
+    label: str | None = None,
+    model_name: str | None = None,
+    bandwidth: float | None = None,
+) -> dict:
+    """Time generation and return one record (a dict) with the speed, memory and speed-of-light figures.
+
+    ``generate_fn(input_ids, n)`` must generate exactly ``n`` new tokens; the default is greedy
+    Hugging Face ``generate()``. ``bandwidth`` (bytes/s) defaults to ``helpers.device.bandwidth()``.
+    """
+    if new_tokens < 2:
+        raise ValueError("new_tokens must be at least 2 to separate prefill from decoding.")
+    if prompt_len + new_tokens > model.config.n_positions:
+        raise ValueError(
+            f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the model's "
+            f"{model.config.n_positions} positions."
+        )
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    generate_fn = generate_fn or hf_generate(model, tokenizer.pad_token_id)
+    ids = prompt_ids(tokenizer, prompt_len, batch, device)
+    out = generate_fn(ids, new_tokens)
+    if out.shape[-1] != prompt_len + new_tokens:
+        raise RuntimeError(f"generate_fn made {out.shape[-1] - prompt_len} tokens, expected {new_tokens}.")
+    first = time_fn(lambda: generate_fn(ids, 1), warmup=warmup, repeats=repeats, device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    total = time_fn(lambda: generate_fn(ids, new_tokens), warmup=warmup, repeats=repeats, device=device)
+    mem, mem_kind = _memory(device)
+    tpot = max(total["median"] - first["median"], 1e-9) / (new_tokens - 1)
+    bw = bandwidth or devices.bandwidth(device)
+    weights = param_bytes(model)
+    kv = kv_bytes_per_step(model.config, batch, prompt_len + new_tokens / 2, param.element_size())
+    sol_tok_s = batch * bw / (weights + kv)
+    decode_tok_s = batch / tpot
+    return {
+        "label": label or f"{model_name or 'model'} {dtype_name(dtype)} batch {batch}",
+        "model": model_name or getattr(model.config, "name_or_path", "") or "model",
+        "params": count_params(model),
+        "model_bytes": weights,
+        "device": device.type,
+        "device_name": devices.name(device),
+        "dtype": dtype_name(dtype),
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "ttft_ms": first["median"] * 1e3,
+        "tpot_ms": tpot * 1e3,
+        "decode_tok_s": decode_tok_s,
+        "e2e_tok_s": batch * new_tokens / total["median"],
+        "total_s": total["median"],
+        "memory_bytes": mem,
+        "memory_kind": mem_kind,
+        "bytes_per_step": weights + kv,
+        "bandwidth_GBs": bw / 1e9,
+        "sol_tok_s": sol_tok_s,
+        "sol_fraction": decode_tok_s / sol_tok_s,
+        "warmup": warmup,
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "date": date.today().isoformat(),
+    }
+
+
+def describe(rec: dict) -> str:
+    """One line a person can read for a record from ``generation()``."""
+    return (
+        f"{rec['label']}: TTFT {rec['ttft_ms']:.1f} ms, {rec['tpot_ms']:.2f} ms/token, "
+        f"{rec['decode_tok_s']:.1f} tokens/s decoding ({rec['sol_fraction']:.1%} of the "
+        f"{rec['sol_tok_s']:.0f} tokens/s bandwidth limit), {rec['memory_kind']} {rec['memory_bytes'] / 2**20:.0f} MiB"
+    )

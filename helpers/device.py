@@ -1,0 +1,174 @@
+"""Which device to compute on, what the hardware is, and how fast its memory is.
+
+- ``pick()`` chooses cuda, then mps, then cpu; ``WORKBOOK_DEVICE`` overrides it.
+- ``describe()`` names the device, versions, threads and memory, for every notebook's banner.
+- ``bandwidth()`` measures memory bandwidth with a large copy (cached per device), the
+  number that bounds how fast a model can decode one token at a time.
+- ``has_cuda()`` / ``gpu_only()`` let GPU-only steps explain themselves and skip cleanly on a CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+VALID = ("cpu", "cuda", "mps")
+
+
+def pick(prefer: str | None = None) -> torch.device:
+    """The device the workbook computes on.
+
+    ``prefer`` (or the ``WORKBOOK_DEVICE`` environment variable) may name one of
+    ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; otherwise the best available is used.
+    """
+    want = (prefer or os.environ.get("WORKBOOK_DEVICE") or "").strip().lower()
+    if want:
+        kind = want.split(":")[0]
+        if kind not in VALID:
+            raise ValueError(f"Unknown device {want!r}: use one of {', '.join(VALID)} (or cuda:N).")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"Device {want!r} was asked for, but torch sees no CUDA GPU here. Use 'cpu'.")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"Device {want!r} was asked for, but MPS is not available here. Use 'cpu'.")
+        return torch.device(want)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def gpu_only(step: str, need: str = "a CUDA GPU") -> bool:
+    """Return True if a GPU-only step can run; otherwise print why it is skipped and return False.
+
+    Use it as ``if gpu_only("CUDA graphs"): ...`` so that the notebook still runs on a CPU.
+    """
+    if torch.cuda.is_available():
+        return True
+    print(
+        f"Skipped on this machine: {step} needs {need}, and torch sees none here. "
+        "The cell runs as written on a CUDA GPU (e.g. Colab with a GPU runtime)."
+    )
+    return False
+
+
+def require_cuda(step: str) -> None:
+    """Raise a clear error when a GPU-only function is called without a GPU."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"{step} needs a CUDA GPU, and torch sees none here. "
+            "Run it on a GPU machine, or use the CPU path the notebook shows."
+        )
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so host clocks measure what the device did."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize()
+    elif kind == "mps":
+        torch.mps.synchronize()
+
+
+def name(device: torch.device | str | None = None) -> str:
+    """A human name for the device: the GPU's name, or the CPU model and thread count."""
+    device = torch.device(device or pick())
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple {platform.machine()} (MPS)"
+    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def describe(device: torch.device | str | None = None) -> dict:
+    """Device, versions, threads and memory, as printed in every notebook's set-up cell."""
+    import psutil
+    import transformers
+
+    device = torch.device(device or pick())
+    info = {
+        "device": f"{device.type}: {name(device)}",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cpu threads": torch.get_num_threads(),
+        "RAM": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["GPU memory"] = f"{props.total_memory / 2**30:.1f} GiB"
+        info["CUDA"] = torch.version.cuda
+    return info
+
+
+def _cache_file() -> Path:
+    root = Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "faster-gpt2"))
+    return root / "bandwidth.json"
+
+
+def bandwidth(
+    device: torch.device | str | None = None, *, mib: int | None = None, repeats: int = 10, refresh: bool = False
+) -> float:
+    """Measured memory bandwidth of ``device`` in bytes per second (read + write of a large copy).
+
+    A copy of a buffer much larger than the caches reads and writes every byte once, so
+    (2 x size) / time is what the memory system sustains. The median of ``repeats`` runs after a
+    warm-up is cached per device name in ``~/.cache/faster-gpt2/bandwidth.json``
+    (``WORKBOOK_CACHE`` moves it); ``refresh=True`` measures again.
+    """
+    device = torch.device(device or pick())
+    key = f"{device.type}:{name(device)}"
+    cache = _cache_file()
+    stored = {}
+    if cache.exists():
+        try:
+            stored = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            stored = {}
+    if key in stored and not refresh:
+        return float(stored[key])
+    value = _measure_bandwidth(device, mib or (1024 if device.type == "cuda" else 256), repeats)
+    stored[key] = value
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(stored, indent=1))
+    except OSError:
+        pass
+    return value
+
+
+@functools.lru_cache(maxsize=8)
+def _measure_bandwidth(device: torch.device, mib: int, repeats: int) -> float:
+    n = mib * 2**20 // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(repeats + 2):
+        synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        if i >= 2:  # the first two are warm-up
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return 2 * src.numel() * src.element_size() / times[len(times) // 2]

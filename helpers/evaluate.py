@@ -1,0 +1,103 @@
+"""Quality measures that every lesson uses the same way.
+
+- ``perplexity``: sliding-window perplexity with a stride over a fixed token budget, so two
+  techniques measured on the same tokens are comparable.
+- ``greedy_agreement``: how often a changed model picks the same next token as the baseline,
+  teacher-forced along the baseline's own greedy continuation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+def _windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window; every token after the first is scored once."""
+    out, prev_end = [], 0
+    for begin in range(0, n_tokens - 1, stride):
+        end = min(begin + context, n_tokens)
+        first = max(prev_end, begin + 1) - begin  # score only tokens no earlier window scored
+        out.append((begin, end, first))
+        prev_end = end
+        if end == n_tokens:
+            break
+    return out
+
+
+@torch.no_grad()
+def perplexity(
+    model,
+    tokens: torch.Tensor,
+    *,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> float:
+    """Perplexity of ``model`` on a 1-D token tensor, with windows of ``context`` tokens moved by ``stride``.
+
+    Each window scores only the tokens that no earlier window scored, so each token is predicted
+    with at least ``context - stride`` tokens of history (except at the very start).
+    ``context`` defaults to the model's maximum (``n_positions``), ``stride`` to half of it.
+    """
+    if tokens.dim() != 1 or tokens.numel() < 2:
+        raise ValueError("perplexity() needs a 1-D tensor of at least 2 token ids.")
+    context = context or model.config.n_positions
+    if context > model.config.n_positions:
+        raise ValueError(f"context={context} is longer than the model's {model.config.n_positions} positions.")
+    stride = stride or context // 2
+    if not 0 < stride <= context:
+        raise ValueError(f"stride must be in 1..{context}, got {stride}.")
+    device = next(model.parameters()).device
+    windows = _windows(tokens.numel(), context, stride)
+    nll, count = 0.0, 0
+    bar = tqdm(range(0, len(windows), batch_size), desc="perplexity", disable=not progress, leave=False)
+    for i in bar:
+        group = windows[i : i + batch_size]
+        length = max(end - begin for begin, end, _ in group)
+        ids = torch.zeros(len(group), length, dtype=torch.long)
+        labels = torch.full((len(group), length), -100, dtype=torch.long)
+        for row, (begin, end, first) in enumerate(group):
+            chunk = tokens[begin:end]
+            ids[row, : chunk.numel()] = chunk
+            labels[row, first : chunk.numel()] = chunk[first:]
+        ids, labels = ids.to(device), labels.to(device)
+        logits = model(input_ids=ids).logits.float()
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        nll += loss.item()
+        count += int((labels[:, 1:] != -100).sum())
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def greedy_agreement(baseline, candidate, tokenizer, prompts: list[str], new_tokens: int = 32) -> float:
+    """Fraction of next-token choices where ``candidate`` agrees with ``baseline``.
+
+    The baseline generates ``new_tokens`` greedily from each prompt; the candidate then reads
+    the same text (teacher forcing) and we count how often its top token equals the baseline's.
+    Unlike comparing two free-running generations, one early disagreement does not poison the rest.
+    """
+    base_dev = next(baseline.parameters()).device
+    cand_dev = next(candidate.parameters()).device
+    agree = total = 0
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(base_dev)
+        out = baseline.generate(
+            ids,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        n_prompt = ids.shape[1]
+        logits = candidate(input_ids=out.to(cand_dev)).logits
+        picks = logits[0, n_prompt - 1 : -1].argmax(-1).cpu()
+        agree += int((picks == out[0, n_prompt:].cpu()).sum())
+        total += out.shape[1] - n_prompt
+    return agree / total

@@ -1,0 +1,247 @@
+"""The model zoo: one ``load(name)`` for every model the workbook uses.
+
+Names (``NAMES`` lists them):
+- ``pocket``: the bundled small GPT-2, trained by this project on the Python standard library
+  (``data/pocket-gpt2``). Used whenever the Hugging Face Hub cannot be reached.
+- ``pocket-draft``: a much smaller model with the same tokenizer (``data/pocket-gpt2-draft``),
+  for speculative decoding and as a distillation student.
+- ``gpt2``, ``distilgpt2``, ``gpt2-medium``: the real models from the Hub, when it answers.
+- ``gpt2-124m-random``: the GPT-2 124M architecture with random weights, for speed lessons only
+  (speed does not depend on the weights' values; quality does).
+
+``WORKBOOK_MODEL`` picks the default; ``auto`` uses ``gpt2`` when the Hub answers quickly and
+``pocket`` otherwise, and says which it chose and why. ``WORKBOOK_HUB_MIRROR=/folder`` makes
+Hub names load from ``/folder/<name>`` (a local checkpoint) through the same code.
+
+Bundled weights are checked against the sha256 sums in their folder's ``SHA256SUMS`` before
+loading, and only safetensors files are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: str  # "bundled", "hub" or "random"
+    source: str  # folder under data/, Hub repo id, or a description
+    about: str
+
+
+ZOO = {
+    "pocket": Spec("bundled", "pocket-gpt2", "small GPT-2 trained by this project on the Python standard library"),
+    "pocket-draft": Spec("bundled", "pocket-gpt2-draft", "2-layer draft model with the pocket tokenizer"),
+    "gpt2": Spec("hub", "openai-community/gpt2", "GPT-2 124M from the Hugging Face Hub"),
+    "distilgpt2": Spec("hub", "distilbert/distilgpt2", "DistilGPT-2 82M from the Hugging Face Hub"),
+    "gpt2-medium": Spec("hub", "openai-community/gpt2-medium", "GPT-2 355M from the Hugging Face Hub"),
+    "gpt2-124m-random": Spec("random", "GPT2Config()", "GPT-2 124M architecture, random weights (speed only)"),
+}
+NAMES = tuple(ZOO)
+HUB_TIMEOUT_S = 2.0
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+class ChecksumError(ValueError):
+    pass
+
+
+def _check_name(name: str) -> Spec:
+    if name not in ZOO:
+        valid = ", ".join(NAMES + ("auto",))
+        raise UnknownModelError(f"Unknown model {name!r}. Valid names: {valid}.")
+    return ZOO[name]
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """True if the Hugging Face Hub answers within ``timeout`` seconds (and HF_HUB_OFFLINE is unset)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        request = urllib.request.Request(endpoint + "/api/models/openai-community/gpt2", method="HEAD")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status < 500
+    except Exception:
+        return False
+
+
+def resolve(name: str | None = None, verbose: bool = True) -> str:
+    """The zoo name to use: ``name``, else ``WORKBOOK_MODEL``, else ``auto``; ``auto`` is decided here."""
+    name = (name or os.environ.get("WORKBOOK_MODEL") or "auto").strip()
+    if name != "auto":
+        _check_name(name)
+        return name
+    if os.environ.get("WORKBOOK_HUB_MIRROR") or hub_reachable():
+        chosen, why = "gpt2", "the Hugging Face Hub answered"
+    else:
+        chosen, why = "pocket", f"the Hugging Face Hub did not answer within {HUB_TIMEOUT_S:.0f} s"
+    if verbose:
+        print(f"WORKBOOK_MODEL=auto -> {chosen!r} ({why}).")
+    return chosen
+
+
+def folder(name: str) -> Path:
+    """The folder of a bundled model."""
+    spec = _check_name(name)
+    if spec.kind != "bundled":
+        raise ValueError(
+            f"{name!r} is not a bundled model; bundled ones: "
+            + ", ".join(n for n, s in ZOO.items() if s.kind == "bundled")
+        )
+    return DATA / spec.source
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(model_dir: Path | str) -> dict[str, str]:
+    """Check every file listed in ``SHA256SUMS`` exists and matches; return ``{file: sha256}``."""
+    model_dir = Path(model_dir)
+    sums = model_dir / "SHA256SUMS"
+    if not sums.exists():
+        raise FileNotFoundError(
+            f"{sums} is missing, so the weights cannot be verified. Restore the folder with `git checkout -- data/`."
+        )
+    expected = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, fname = line.split(maxsplit=1)
+            expected[fname.strip().lstrip("*")] = digest
+    for fname, digest in expected.items():
+        path = model_dir / fname
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing. Restore it with `git checkout -- {path}`.")
+        actual = sha256(path)
+        if actual != digest:
+            raise ChecksumError(
+                f"{path} has sha256 {actual[:12]}..., expected {digest[:12]}... "
+                "The file is damaged or was changed; restore it with `git checkout`."
+            )
+    return expected
+
+
+def _load_pretrained(source: str | Path, dtype: torch.dtype, local_only: bool):
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local_only)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    return model, tokenizer
+
+
+def random_gpt2_124m(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """GPT-2 124M (12 layers, 768 wide, 50257 vocab, 1024 positions) with random weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config())
+    return model.to(dtype)
+
+
+def load(
+    name: str | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    verbose: bool = True,
+):
+    """Load a model of the zoo by name; return ``(model, tokenizer)`` with the model in eval mode.
+
+    ``name=None`` reads ``WORKBOOK_MODEL`` (default ``auto``). ``device=None`` uses
+    ``helpers.device.pick()``. The tokenizer's pad token is set to its end-of-text token.
+    ``gpt2-124m-random`` comes with the pocket tokenizer (its ids fit the larger vocabulary).
+    """
+    from . import device as devices
+
+    name = resolve(name, verbose=verbose)
+    spec = ZOO[name]
+    target = devices.pick(device) if device is None or isinstance(device, str) else device
+    if spec.kind == "bundled":
+        path = folder(name)
+        verify(path)
+        model, tokenizer = _load_pretrained(path, dtype, local_only=True)
+    elif spec.kind == "hub":
+        mirror = os.environ.get("WORKBOOK_HUB_MIRROR")
+        if mirror:
+            source, local_only = Path(mirror) / name, True
+            if not source.is_dir():
+                raise FileNotFoundError(f"WORKBOOK_HUB_MIRROR is set, but {source} does not exist.")
+        else:
+            source, local_only = spec.source, not hub_reachable()
+        try:
+            model, tokenizer = _load_pretrained(source, dtype, local_only)
+        except OSError as err:
+            raise RuntimeError(
+                f"Could not load {name!r} ({spec.source}): the Hugging Face Hub is not reachable "
+                "from here and the model is not in the local cache. Use WORKBOOK_MODEL=pocket "
+                "(the bundled model) instead."
+            ) from err
+    else:
+        model = random_gpt2_124m(dtype=dtype)
+        _, tokenizer = _load_pretrained(folder("pocket"), dtype, local_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model = model.to(target).eval()
+    if verbose:
+        print(
+            f"loaded {name!r}: {spec.about}; {count_params(model) / 1e6:.1f}M parameters, "
+            f"{dtype_name(dtype)}, on {target}"
+        )
+    return model, tokenizer
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters, counting tied weights once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def param_bytes(model: nn.Module) -> int:
+    """Bytes held by parameters and buffers (tied weights once): what one full read of the model costs."""
+    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def conv1d_to_linear(model: nn.Module) -> nn.Module:
+    """Replace transformers' ``Conv1D`` layers (GPT-2 uses them) by equivalent ``nn.Linear``, in place.
+
+    ``Conv1D`` stores its weight as (in, out) and computes ``x @ W + b``; ``nn.Linear`` stores
+    (out, in). Many torch tools (dynamic quantization, pruning utilities, sparsity) only look for
+    ``nn.Linear``, so they silently skip GPT-2's layers unless they are converted first.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = nn.Linear(
+                    n_in, n_out, bias=child.bias is not None, device=child.weight.device, dtype=child.weight.dtype
+                )
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    if child.bias is not None:
+                        linear.bias.copy_(child.bias)
+                setattr(parent, child_name, linear)
+    return model

@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny GPT-2 for fast tests, the pocket tokenizer, and an isolated result log."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from helpers import models
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Every test gets its own result log and cache folder, and no network."""
+    monkeypatch.setenv("WORKBOOK_RESULTS", str(tmp_path / "results.jsonl"))
+    monkeypatch.setenv("WORKBOOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("WORKBOOK_HUB_MIRROR", raising=False)
+    monkeypatch.delenv("WORKBOOK_DEVICE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(models.folder("pocket"))
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer):
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(cfg).eval()

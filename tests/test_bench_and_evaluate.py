@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+
+from helpers import bench, evaluate
+
+
+def test_time_fn_reports_the_median():
+    calls = []
+    out = bench.time_fn(lambda: calls.append(1), warmup=2, repeats=5, device="cpu")
+    assert len(calls) == 7 and len(out["times"]) == 5
+    assert out["min"] <= out["median"] <= out["max"]
+
+
+def test_generation_record_is_consistent(tiny_model, tokenizer):
+    rec = bench.generation(
+        tiny_model, tokenizer, prompt_len=8, new_tokens=6, warmup=1, repeats=2, model_name="tiny", bandwidth=10e9
+    )
+    assert rec["device"] == "cpu" and rec["dtype"] == "float32" and rec["batch"] == 1
+    assert rec["tpot_ms"] > 0 and rec["ttft_ms"] > 0
+    assert math.isclose(rec["decode_tok_s"], 1000 / rec["tpot_ms"])
+    weights = sum(p.numel() * 4 for p in {id(p): p for p in tiny_model.parameters()}.values())
+    weights += sum(b.numel() * b.element_size() for b in tiny_model.buffers())
+    kv = 2 * 2 * 32 * (8 + 3) * 4
+    assert rec["bytes_per_step"] == weights + kv
+    assert math.isclose(rec["sol_tok_s"], 10e9 / (weights + kv))
+    assert "tokens/s decoding" in bench.describe(rec)
+
+
+def test_generation_with_a_batch_and_a_custom_generate_fn(tiny_model, tokenizer):
+    def fake(ids, n):
+        return torch.cat([ids, ids[:, :1].repeat(1, n)], dim=1)
+
+    rec = bench.generation(
+        tiny_model, tokenizer, prompt_len=4, new_tokens=3, batch=3, warmup=0, repeats=1, generate_fn=fake, bandwidth=1e9
+    )
+    assert rec["batch"] == 3 and rec["new_tokens"] == 3
+
+
+def test_generation_rejects_bad_lengths(tiny_model, tokenizer):
+    with pytest.raises(ValueError, match="at least 2"):
+        bench.generation(tiny_model, tokenizer, new_tokens=1)
+    with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
+        bench.generation(tiny_model, tokenizer, prompt_len=100, new_tokens=100)
+    with pytest.raises(RuntimeError, match="expected 5"):
+        bench.generation(tiny_model, tokenizer, prompt_len=4, new_tokens=5, generate_fn=lambda ids, n: ids)
+
+
+def test_prompt_ids_has_the_asked_shape(tokenizer):
+    ids = bench.prompt_ids(tokenizer, 300, batch=2)
+    assert ids.shape == (2, 300) and ids[0].equal(ids[1])
+
+
+class Uniform(torch.nn.Module):
+    """A model that gives every token the same score: its perplexity is the vocabulary size."""
+
+    def __init__(self, vocab, n_positions=64):
+        super().__init__()
+        self.config = type("C", (), {"n_positions": n_positions})()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.vocab = vocab
+
+    def forward(self, input_ids):
+        logits = torch.zeros(*input_ids.shape, self.vocab) + self.w
+        return type("O", (), {"logits": logits})()
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+    tokens = torch.randint(0, 50, (300,))
+    assert math.isclose(
+        evaluate.perplexity(Uniform(50), tokens, context=64, stride=16, progress=False), 50, rel_tol=1e-5
+    )
+
+
+def test_every_token_is_scored_once():
+    for n, ctx, stride in [(300, 64, 16), (64, 64, 32), (65, 64, 64), (1000, 128, 100)]:
+        scored = []
+        for begin, end, first in evaluate._windows(n, ctx, stride):
+            assert end - begin <= ctx
+            scored.extend(range(begin + first, end))
+        assert scored == list(range(1, n)), (n, ctx, stride)
+
+
+def test_perplexity_rejects_bad_arguments(tiny_model):
+    with pytest.raises(ValueError, match="1-D"):
+        evaluate.perplexity(tiny_model, torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="longer than the model"):
+        evaluate.perplexity(tiny_model, torch.zeros(300, dtype=torch.long), context=1000)
+
+
+def test_greedy_agreement(tiny_model, tokenizer):
+    import copy
+
+    assert evaluate.greedy_agreement(tiny_model, tiny_model, tokenizer, ["def f(x):"], new_tokens=8) == 1.0
+    other = copy.deepcopy(tiny_model)
+    torch.manual_seed(5)
+    for p in other.parameters():
+        p.data = torch.randn_like(p)
+    assert evaluate.greedy_agreement(tiny_model, other, tokenizer, ["def f(x):", "import os"], new_tokens=16) < 0.5
