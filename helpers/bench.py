@@ -169,3 +169,50 @@ def describe(rec: dict) -> str:
         f"{rec['decode_tok_s']:.1f} tokens/s decoding ({rec['sol_fraction']:.1%} of the "
         f"{rec['sol_tok_s']:.0f} tokens/s bandwidth limit), {rec['memory_kind']} {rec['memory_bytes'] / 2**20:.0f} MiB"
     )
+
+
+def baseline(new_tokens: int = 128, prompt_len: int = 32, repeats: int = 5, device=None) -> list[dict]:
+    """Notebook 00's baseline on this device: HF ``generate()`` in fp32 for the pocket model and GPT-2 124M."""
+    from . import models
+
+    device = devices.pick(device)
+    bw = devices.bandwidth(device)
+    rows = []
+    for name, label in [("pocket", "pocket fp32"), ("gpt2-124m-random", "GPT-2 124M fp32")]:
+        model, tok = models.load(name, device=device, verbose=False)
+        rows.append(
+            generation(
+                model,
+                tok,
+                prompt_len=prompt_len,
+                new_tokens=new_tokens,
+                repeats=repeats,
+                model_name=name,
+                label=label,
+                bandwidth=bw,
+            )
+        )
+    return rows
+
+
+def main(argv=None) -> None:
+    """``python -m helpers.bench [--out FILE]``: measure and print the baseline table on this device."""
+    import argparse
+
+    from . import results
+
+    p = argparse.ArgumentParser(prog="python -m helpers.bench", description=main.__doc__)
+    p.add_argument("--out", type=Path, help="also write the records to this JSON file")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    rows = baseline(args.new_tokens, repeats=args.repeats)
+    for r in rows:
+        print(describe(r))
+    print(results.table(rows, ["label", "device_name", "ttft_ms", "tpot_ms", "decode_tok_s", "sol_fraction", "date"]))
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

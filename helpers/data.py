@@ -69,11 +69,10 @@ def read(path: Path) -> str:
 
 def text(split: str, root: Path | str | None = None, max_chars: int | None = None) -> str:
     """The files of a split joined by ``FILE_SEPARATOR``, optionally cut at ``max_chars``."""
-    parts, size = [], 0
+    parts, size = [], -len(FILE_SEPARATOR)
     for path in files(split, root):
-        body = read(path)
-        parts.append(body)
-        size += len(body) + len(FILE_SEPARATOR)
+        parts.append(read(path))
+        size += len(FILE_SEPARATOR) + len(parts[-1])
         if max_chars is not None and size >= max_chars:
             break
     joined = FILE_SEPARATOR.join(parts)

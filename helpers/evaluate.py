@@ -16,15 +16,19 @@ from tqdm.auto import tqdm
 
 
 def _windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, first scored position) of each window; every token after the first is scored once."""
-    out, prev_end = [], 0
-    for begin in range(0, n_tokens - 1, stride):
-        end = min(begin + context, n_tokens)
-        first = max(prev_end, begin + 1) - begin  # score only tokens no earlier window scored
-        out.append((begin, end, first))
-        prev_end = end
-        if end == n_tokens:
-            break
+    """(begin, end, first scored offset) of each window; every token after the first is scored exactly once.
+
+    The first window scores its tokens 1..context-1; each later window scores the next ``stride``
+    tokens (at most ``context - 1``, since a scored token needs one token before it in its window).
+    """
+    out = []
+    start = 1  # the first token has nothing before it to be predicted from
+    end = min(context, n_tokens)
+    while start < n_tokens:
+        begin = max(0, end - context)
+        out.append((begin, end, start - begin))
+        start = end
+        end = min(start + min(stride, context - 1), n_tokens)
     return out
 
 

@@ -82,7 +82,7 @@ def test_hub_name_offline_suggests_pocket():
 
 def test_hub_path_with_a_local_gpt2_checkpoint(tmp_path, monkeypatch, tokenizer):
     """The Hub code path, fed a checkpoint of the real GPT-2 124M architecture from a folder."""
-    reference = models.random_gpt2_124m(seed=1)
+    reference = models.random_gpt2_124m(seed=1).eval()
     reference.save_pretrained(tmp_path / "gpt2")
     tokenizer.save_pretrained(tmp_path / "gpt2")
     monkeypatch.setenv("WORKBOOK_HUB_MIRROR", str(tmp_path))

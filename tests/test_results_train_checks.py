@@ -61,9 +61,11 @@ def test_training_needs_enough_tokens():
 
 
 def test_tokenizer_training_round_trips():
-    texts = ["def f(x):\n    return x * 2\n", "class A:\n    pass\n", "import os\nprint(os.sep)\n"] * 50
-    tok = recipe.train_tokenizer(texts, vocab_size=300)
-    assert len(tok) == 300
+    from helpers import data
+
+    texts = [data.read(p) for p in data.files("train")[:5]]
+    tok = recipe.train_tokenizer(texts, vocab_size=400)
+    assert len(tok) == 400
     sample = "def g(y):\n    return y\n<|endoftext|>\nimport sys"
     ids = tok(sample)["input_ids"]
     assert tok.decode(ids) == sample and ids.count(tok.eos_token_id) == 1
