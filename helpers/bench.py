@@ -150,6 +150,7 @@ def generation(
         "e2e_tok_s": batch * new_tokens / total["median"],
         "total_s": total["median"],
         "memory_bytes": mem,
+        "memory_MiB": mem / 2**20,
         "memory_kind": mem_kind,
         "bytes_per_step": weights + kv,
         "bandwidth_GBs": bw / 1e9,

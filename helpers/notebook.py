@@ -31,7 +31,8 @@ def quiet() -> None:
     This is the one place where warnings are filtered, so a reader can see what is hidden:
     - torch.ao.quantization's deprecation warnings (it still works; we say so where we use it);
     - transformers' "generation flags" and "pad_token_id" chatter for GPT-2, which has no pad token;
-    - torchao's "Failed to load ... _C_*" lines on a machine without the matching GPU kernels.
+    - torchao's "Failed to load ... _C_*" lines on a machine without the matching GPU kernels;
+    - transformers' "Loading weights" progress bar and its info/warning chatter (errors still show).
     """
     warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*TypedStorage is deprecated.*")
@@ -43,6 +44,13 @@ def quiet() -> None:
     ):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:  # transformers 5 draws a "Loading weights" bar for every model it loads
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 def seed_everything(seed: int = 0) -> None:

@@ -89,29 +89,33 @@ def plot_tokens_per_s(
     limit_key: str | None = "sol_tok_s",
     title: str | None = None,
 ):
-    """Horizontal bars of tokens/s per record; with ``limit_key``, the bandwidth limit as a tick on each bar."""
-    import matplotlib.pyplot as plt
+    """Horizontal bars of tokens/s per record; with ``limit_key``, each bar's bandwidth limit as a red tick.
 
-    ax = ax or plt.subplots(figsize=(7, 0.5 + 0.45 * len(rows)))[1]
+    With limits shown the axis is logarithmic (limits can be 100x the measured speed on a GPU).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    ax = ax or plt.subplots(figsize=(8, 1.2 + 0.6 * len(rows)))[1]
     names = [r[label] for r in rows]
     values = [r[key] for r in rows]
-    bars = ax.barh(names, values, color="tab:blue")
+    show_limits = bool(limit_key) and all(limit_key in r for r in rows)
+    bars = ax.barh(names, values, color="tab:blue", label="measured")
     for bar, value in zip(bars, values, strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.0f}", va="center", fontsize=9)
-    if limit_key and all(limit_key in r for r in rows):
-        ax.scatter(
-            [r[limit_key] for r in rows],
-            names,
-            marker="|",
-            s=400,
-            color="tab:red",
-            label="memory-bandwidth limit",
-            zorder=3,
-        )
-        ax.legend(loc="lower right", fontsize=8)
+    if show_limits:
+        limits = [r[limit_key] for r in rows]
+        ax.scatter(limits, names, marker="|", s=500, color="tab:red", label="memory-bandwidth limit", zorder=3)
+        for name, limit in zip(names, limits, strict=True):
+            ax.annotate(
+                f"{limit:,.0f}", (limit, name), textcoords="offset points", xytext=(4, 8), fontsize=8, color="tab:red"
+            )
         ax.set_xscale("log")
+        ax.set_xlim(min(values) / 3, max(limits) * 3)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("tokens per second" + (" (log scale)" if limit_key else ""))
+    ax.set_xlabel("tokens per second" + (" (log scale)" if show_limits else ""))
     ax.set_title(title or "Decode speed")
     return ax
 
