@@ -96,3 +96,12 @@ def test_bandwidth_check_explains_mistakes():
         checks.check_bandwidth_limit(100.0 / 1e9, model_bytes=1e9, bandwidth=100e9)
     with pytest.raises(AssertionError, match="left out the batch"):
         checks.check_bandwidth_limit(100.0, model_bytes=1e9, bandwidth=100e9, batch=8)
+
+
+def test_check_number_rejects_non_numbers_and_gives_the_ratio():
+    with pytest.raises(AssertionError, match="got str"):
+        checks.check_number("12", 12.0, unit="ms")
+    with pytest.raises(AssertionError, match="got bool"):
+        checks.check_number(True, 1.0, unit="ms")
+    with pytest.raises(AssertionError, match="3x the expected"):
+        checks.check_number(36.0, 12.0, unit="ms")
