@@ -67,3 +67,22 @@ def check_bandwidth_limit(answer, model_bytes: float, bandwidth: float, batch: i
         hints=hints,
         right=f"Right: at most {expected:,.0f} tokens/s when every step reads all the weights once.",
     )
+
+
+def check_kv_cache_bytes(answer, n_layer: int, n_embd: int, tokens: int, batch: int, bytes_per_value: float) -> bool:
+    """KV-cache size: 2 (K and V) x layers x tokens x width x batch x bytes per value."""
+    hints = {
+        0.5: "you stored only K or only V: the cache holds both.",
+        1 / n_layer: "you counted one layer: every layer keeps its own K and V.",
+        8: "you multiplied by bits, not bytes.",
+        1 / batch if batch > 1 else -1: "you left out the batch: each sequence has its own cache.",
+    }
+    expected = 2 * n_layer * tokens * n_embd * batch * bytes_per_value
+    return check_number(
+        answer,
+        expected,
+        unit="bytes",
+        rel=0.01,
+        hints=hints,
+        right=f"Right: {expected / 2**20:,.1f} MiB of keys and values.",
+    )

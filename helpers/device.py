@@ -4,12 +4,13 @@
 - ``describe()`` names the device, versions, threads and memory, for every notebook's banner.
 - ``bandwidth()`` measures memory bandwidth with a large copy (cached per device), the
   number that bounds how fast a model can decode one token at a time.
+- ``matmul_flops()`` measures matrix-multiply throughput (cached per device and dtype), the
+  number that bounds prefill and large batches. Together they are the roofline's two limits.
 - ``has_cuda()`` / ``gpu_only()`` let GPU-only steps explain themselves and skip cleanly on a CPU.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -123,21 +124,11 @@ def describe(device: torch.device | str | None = None) -> dict:
 
 def _cache_file() -> Path:
     root = Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "faster-gpt2"))
-    return root / "bandwidth.json"
+    return root / "measurements.json"
 
 
-def bandwidth(
-    device: torch.device | str | None = None, *, mib: int | None = None, repeats: int = 10, refresh: bool = False
-) -> float:
-    """Measured memory bandwidth of ``device`` in bytes per second (read + write of a large copy).
-
-    A copy of a buffer much larger than the caches reads and writes every byte once, so
-    (2 x size) / time is what the memory system sustains. The median of ``repeats`` runs after a
-    warm-up is cached per device name in ``~/.cache/faster-gpt2/bandwidth.json``
-    (``WORKBOOK_CACHE`` moves it); ``refresh=True`` measures again.
-    """
-    device = torch.device(device or pick())
-    key = f"{device.type}:{name(device)}"
+def _cached(key: str, measure, refresh: bool) -> float:
+    """Read ``key`` from the measurement cache, or run ``measure()`` and store its result."""
     cache = _cache_file()
     stored = {}
     if cache.exists():
@@ -147,8 +138,7 @@ def bandwidth(
             stored = {}
     if key in stored and not refresh:
         return float(stored[key])
-    value = _measure_bandwidth(device, mib or (1024 if device.type == "cuda" else 256), repeats)
-    stored[key] = value
+    stored[key] = value = float(measure())
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(stored, indent=1))
@@ -157,18 +147,62 @@ def bandwidth(
     return value
 
 
-@functools.lru_cache(maxsize=8)
-def _measure_bandwidth(device: torch.device, mib: int, repeats: int) -> float:
-    n = mib * 2**20 // 4
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
+def _median_time(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
     times = []
-    for i in range(repeats + 2):
+    for i in range(warmup + repeats):
         synchronize(device)
         t0 = time.perf_counter()
-        dst.copy_(src)
+        fn()
         synchronize(device)
-        if i >= 2:  # the first two are warm-up
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     times.sort()
-    return 2 * src.numel() * src.element_size() / times[len(times) // 2]
+    return times[len(times) // 2]
+
+
+def bandwidth(
+    device: torch.device | str | None = None, *, mib: int | None = None, repeats: int = 10, refresh: bool = False
+) -> float:
+    """Measured memory bandwidth of ``device`` in bytes per second (read + write of a large copy).
+
+    A copy of a buffer much larger than the caches reads and writes every byte once, so
+    (2 x size) / time is what the memory system sustains. The median of ``repeats`` runs after a
+    warm-up is cached per device in ``~/.cache/faster-gpt2/measurements.json``
+    (``WORKBOOK_CACHE`` moves the folder); ``refresh=True`` measures again.
+    """
+    device = torch.device(device or pick())
+
+    def measure() -> float:
+        n = (mib or (1024 if device.type == "cuda" else 256)) * 2**20 // 4
+        src = torch.randn(n, device=device)
+        dst = torch.empty_like(src)
+        return 2 * src.numel() * src.element_size() / _median_time(lambda: dst.copy_(src), device, repeats)
+
+    return _cached(f"bandwidth {device.type}:{name(device)}", measure, refresh)
+
+
+def matmul_flops(
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    n: int | None = None,
+    repeats: int = 5,
+    refresh: bool = False,
+) -> float:
+    """Measured throughput of an n x n x n matrix multiply on ``device`` in ``dtype``, in FLOP/s (cached).
+
+    Random inputs (zeros can run faster than real data), median of ``repeats`` after a warm-up.
+    On CUDA, fp32 matmuls use TF32 tensor cores only if ``torch.backends.cuda.matmul.allow_tf32`` is on;
+    the measurement uses whatever setting is in force, like the model would.
+    """
+    device = torch.device(device or pick())
+    n = n or (8192 if device.type == "cuda" else 1024)
+
+    def measure() -> float:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        return 2 * n**3 / _median_time(lambda: a @ b, device, repeats)
+
+    tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    key = f"matmul {device.type}:{name(device)} {str(dtype).replace('torch.', '')}{' tf32' if tf32 else ''} n={n}"
+    return _cached(key, measure, refresh)

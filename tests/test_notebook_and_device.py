@@ -43,6 +43,13 @@ def test_describe_names_versions_and_memory():
 def test_bandwidth_is_measured_once_and_cached(tmp_path):
     bw = device.bandwidth("cpu", mib=16, repeats=3)
     assert 1e8 < bw < 1e13, bw  # between 0.1 GB/s and 10 TB/s
-    cache = tmp_path / "cache" / "bandwidth.json"
+    cache = tmp_path / "cache" / "measurements.json"
     assert cache.exists()
     assert device.bandwidth("cpu") == bw  # read back from the cache, not measured again
+
+
+def test_matmul_flops_is_measured_and_cached(tmp_path):
+    flops = device.matmul_flops("cpu", n=256, repeats=2)
+    assert 1e8 < flops < 1e15, flops
+    assert device.matmul_flops("cpu", n=256) == flops
+    assert device.matmul_flops("cpu", n=128, repeats=1) != flops  # another size is another measurement

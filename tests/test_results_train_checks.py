@@ -105,3 +105,13 @@ def test_check_number_rejects_non_numbers_and_gives_the_ratio():
         checks.check_number(True, 1.0, unit="ms")
     with pytest.raises(AssertionError, match="3x the expected"):
         checks.check_number(36.0, 12.0, unit="ms")
+
+
+def test_kv_cache_check_explains_mistakes():
+    args = dict(n_layer=12, n_embd=768, tokens=1024, batch=8, bytes_per_value=2)
+    right = 2 * 12 * 1024 * 768 * 8 * 2
+    assert checks.check_kv_cache_bytes(right, **args)
+    with pytest.raises(AssertionError, match="only K or only V"):
+        checks.check_kv_cache_bytes(right / 2, **args)
+    with pytest.raises(AssertionError, match="one layer"):
+        checks.check_kv_cache_bytes(right / 12, **args)
