@@ -86,3 +86,24 @@ def check_kv_cache_bytes(answer, n_layer: int, n_embd: int, tokens: int, batch: 
         hints=hints,
         right=f"Right: {expected / 2**20:,.1f} MiB of keys and values.",
     )
+
+
+def check_loss_scale(scale, smallest_grad: float, largest_grad: float) -> bool:
+    """A loss scale for fp16 training: lifts the smallest gradient to a normal fp16 number, keeps the largest finite."""
+    import torch
+
+    fp16 = torch.finfo(torch.float16)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        raise AssertionError(f"Expected a positive number, got {scale!r}.")
+    if smallest_grad * scale < fp16.smallest_normal:
+        raise AssertionError(
+            f"Too small: {smallest_grad:g} x {scale:g} = {smallest_grad * scale:.3g} is still below fp16's "
+            f"smallest normal number {fp16.smallest_normal:.3g}, so it loses precision or becomes 0."
+        )
+    if largest_grad * scale > fp16.max:
+        raise AssertionError(
+            f"Too large: {largest_grad:g} x {scale:g} = {largest_grad * scale:.3g} overflows fp16's "
+            f"maximum {fp16.max:g} and becomes inf (the scaler would skip the step)."
+        )
+    print(f"Right: every gradient from {smallest_grad:g} to {largest_grad:g} fits fp16's normal range once scaled.")
+    return True

@@ -115,3 +115,13 @@ def test_kv_cache_check_explains_mistakes():
         checks.check_kv_cache_bytes(right / 2, **args)
     with pytest.raises(AssertionError, match="one layer"):
         checks.check_kv_cache_bytes(right / 12, **args)
+
+
+def test_loss_scale_check_explains_mistakes():
+    assert checks.check_loss_scale(2**16, smallest_grad=1e-9, largest_grad=0.5)
+    with pytest.raises(AssertionError, match="Too small"):
+        checks.check_loss_scale(1.0, smallest_grad=1e-9, largest_grad=0.5)
+    with pytest.raises(AssertionError, match="Too large"):
+        checks.check_loss_scale(2**20, smallest_grad=1e-9, largest_grad=0.5)
+    with pytest.raises(AssertionError, match="positive number"):
+        checks.check_loss_scale(-1, smallest_grad=1e-9, largest_grad=0.5)
