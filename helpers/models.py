@@ -138,12 +138,17 @@ def verify(model_dir: Path | str) -> dict[str, str]:
     return expected
 
 
+def _tokenizer(source: str | Path, local_only: bool):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+
+
 def _load_pretrained(source: str | Path, dtype: torch.dtype, local_only: bool):
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     model = GPT2LMHeadModel.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local_only)
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    return model, tokenizer
+    return model, _tokenizer(source, local_only)
 
 
 def random_gpt2_124m(seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -195,7 +200,8 @@ def load(
             ) from err
     else:
         model = random_gpt2_124m(dtype=dtype)
-        _, tokenizer = _load_pretrained(folder("pocket"), dtype, local_only=True)
+        verify(folder("pocket"))
+        tokenizer = _tokenizer(folder("pocket"), local_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
