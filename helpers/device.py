@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -147,17 +146,11 @@ def _cached(key: str, measure, refresh: bool) -> float:
     return value
 
 
-def _median_time(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+def _median_time(fn, device: torch.device, repeats: int) -> float:
+    """The workbook's one timing discipline (``helpers.bench.time_fn``), imported late to avoid a cycle."""
+    from .bench import time_fn
+
+    return time_fn(fn, warmup=2, repeats=repeats, device=device)["median"]
 
 
 def bandwidth(
