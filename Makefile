@@ -24,8 +24,11 @@ $(READY): pyproject.toml requirements.txt
 	$(BIN)/pip install -r requirements.txt
 	@touch $(READY)
 
+# Jupyter refuses to run as root unless told; containers and some classroom machines run as root.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: $(READY)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
 
 test: $(READY)
 	$(BIN)/ruff check helpers tests notebooks
