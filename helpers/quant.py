@@ -4,6 +4,7 @@
   2-D weight whose rows are output channels, per tensor, per channel (row) or per group of columns.
 - ``fake_quantize``: quantize then dequantize, to measure what the rounding costs in quality.
 - ``pack_int4`` / ``unpack_int4``: two 4-bit values in one byte, as int4 weights are stored.
+- ``block_linears``: every linear layer inside a GPT-2's blocks, as (parent, attribute, layer).
 - ``fake_quantize_model``: a copy of a GPT-2 with every block's linear weights fake-quantized.
 - ``weight_bytes``: the storage a quantized model needs (integers plus scales and zero points).
 """
@@ -98,7 +99,7 @@ def unpack_int4(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return both.to(torch.int8).reshape(shape)
 
 
-def _block_linears(model: nn.Module):
+def block_linears(model: nn.Module):
     """(parent, attribute, module) of every linear layer inside the transformer blocks (Conv1D or nn.Linear)."""
     from transformers.pytorch_utils import Conv1D
 
@@ -117,7 +118,7 @@ def fake_quantize_model(
 
     out = copy.deepcopy(model)
     with torch.no_grad():
-        for _, _, layer in _block_linears(out):
+        for _, _, layer in block_linears(out):
             w = layer.weight.t() if isinstance(layer, Conv1D) else layer.weight  # rows = output channels
             wq = fake_quantize(w, bits, symmetric=symmetric, granularity=granularity, group_size=group_size)
             layer.weight.copy_(wq.t() if isinstance(layer, Conv1D) else wq)
@@ -137,7 +138,7 @@ def weight_bytes(
     from transformers.pytorch_utils import Conv1D
 
     quantized, ids = 0.0, set()
-    for _, _, layer in _block_linears(model):
+    for _, _, layer in block_linears(model):
         w = layer.weight
         ids.add(id(w))
         n_in, n_out = w.shape if isinstance(layer, Conv1D) else w.shape[::-1]

@@ -62,7 +62,7 @@ def test_fake_quantized_model_and_its_size(tiny_model):
     assert 0 < diff < 0.05
     assert torch.equal(q8.transformer.wte.weight, tiny_model.transformer.wte.weight)  # embeddings untouched
     full = models.param_bytes(tiny_model)
-    block = sum(layer.weight.numel() for _, _, layer in quant._block_linears(tiny_model))
+    block = sum(layer.weight.numel() for _, _, layer in quant.block_linears(tiny_model))
     expected_saving = block * (4 - 1)  # fp32 -> int8 ...
-    expected_saving -= sum(layer.weight.shape[1] for _, _, layer in quant._block_linears(tiny_model)) * 2  # + scales
+    expected_saving -= sum(layer.weight.shape[1] for _, _, layer in quant.block_linears(tiny_model)) * 2  # + scales
     assert quant.weight_bytes(tiny_model, 8) == full - expected_saving
