@@ -58,6 +58,61 @@ def time_fn(fn, *, warmup: int = 2, repeats: int = 5, device=None) -> dict:
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "times": times}
 
 
+def forward_step(
+    model,
+    batch: int = 1,
+    *,
+    compile_mode: str | None = None,
+    warmup: int = 3,
+    repeats: int = 5,
+    inner: int = 10,
+    seed: int = 0,
+) -> dict:
+    """Time one decode-sized forward pass: ``batch`` sequences of one token each, no KV cache.
+
+    This is the part of a decode step that weight formats (quantization, sparsity) change: every
+    weight is read once per step whatever the batch, and the math grows with the batch. Attention
+    over past tokens is left out, so the figure is an upper bound on a real decode step's speed.
+
+    ``compile_mode`` is ``None`` (eager) or a ``torch.compile`` mode ("default", "reduce-overhead"
+    for CUDA graphs, "max-autotune", ...). The first call, compilation included, is timed on its own
+    (``first_call_s``); each timed repeat runs ``inner`` steps so that short steps are measurable.
+    """
+    param = next(model.parameters())
+    dev = param.device
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, 1), generator=gen).to(dev)
+
+    def forward(x):
+        return model(input_ids=x, use_cache=False).logits
+
+    fn = forward
+    if compile_mode is not None:
+        torch._dynamo.reset()  # each variant compiles afresh instead of hitting the recompile limit
+        fn = torch.compile(forward, mode=compile_mode, dynamic=False)
+
+    def steps():
+        for _ in range(inner):
+            fn(ids)
+
+    with torch.no_grad():
+        devices.synchronize(dev)
+        t0 = time.perf_counter()
+        fn(ids)
+        devices.synchronize(dev)
+        first = time.perf_counter() - t0
+        timing = time_fn(steps, warmup=warmup, repeats=repeats, device=dev)
+    step = timing["median"] / inner
+    return {
+        "batch": batch,
+        "mode": compile_mode or "eager",
+        "device": devices.name(dev),
+        "first_call_s": first,
+        "step_ms": step * 1e3,
+        "tok_s": batch / step,
+    }
+
+
 def hf_generate(model, pad_token_id: int | None = None, **kwargs):
     """A ``generate_fn`` for ``generation()``: Hugging Face ``generate()``, greedy, exactly n new tokens."""
 

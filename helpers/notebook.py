@@ -31,15 +31,18 @@ def quiet() -> None:
     This is the one place where warnings are filtered, so a reader can see what is hidden:
     - torch.ao.quantization's deprecation warnings (it still works; we say so where we use it);
     - transformers' "generation flags" and "pad_token_id" chatter for GPT-2, which has no pad token;
-    - torchao's "Failed to load ... _C_*" lines on a machine without the matching GPU kernels;
+    - torchao's "Failed to load ... _C_*" lines on a machine without the matching GPU kernels, and the
+      "Enum subclass ... register_constant" deprecation line that importing torchao makes torch log;
     - transformers' "Loading weights" progress bar and its info/warning chatter (errors still show).
     """
     warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*TypedStorage is deprecated.*")
+    warnings.filterwarnings("ignore", message=r".*_stable_hash_for_caching.*")  # torchao tensors under compile
     for name in (
         "transformers.generation.utils",
         "transformers.generation.configuration_utils",
         "torchao",
+        "torch.utils._pytree",
         "transformers.modeling_utils",
     ):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -98,3 +98,19 @@ def test_greedy_agreement(tiny_model, tokenizer):
     for p in other.parameters():
         p.data = torch.randn_like(p)
     assert evaluate.greedy_agreement(tiny_model, other, tokenizer, ["def f(x):", "import os"], new_tokens=16) < 0.5
+
+
+def test_forward_step_times_one_token_per_sequence(tiny_model):
+    calls = []
+    hook = tiny_model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        rec = bench.forward_step(tiny_model, batch=3, warmup=1, repeats=2, inner=4)
+    finally:
+        hook.remove()
+    # one first call, then (warmup + repeats) x inner timed steps, all with 3 sequences of 1 token
+    assert calls == [torch.Size([3, 1])] * (1 + (1 + 2) * 4)
+    assert rec["batch"] == 3 and rec["mode"] == "eager"
+    assert rec["tok_s"] == pytest.approx(3 / (rec["step_ms"] / 1e3))
+    assert rec["first_call_s"] > 0
