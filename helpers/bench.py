@@ -157,11 +157,14 @@ def generation(
     label: str | None = None,
     model_name: str | None = None,
     bandwidth: float | None = None,
+    model_bytes: int | None = None,
 ) -> dict:
     """Time generation and return one record (a dict) with the speed, memory and speed-of-light figures.
 
     ``generate_fn(input_ids, n)`` must generate exactly ``n`` new tokens; the default is greedy
     Hugging Face ``generate()``. ``bandwidth`` (bytes/s) defaults to ``helpers.device.bandwidth()``.
+    ``model_bytes``: the weight bytes one step reads, when ``generate_fn`` does not use ``model``'s own
+    weights (a quantized copy, say); by default the bytes of ``model``'s parameters and buffers.
     """
     if new_tokens < 2:
         raise ValueError("new_tokens must be at least 2 to separate prefill from decoding.")
@@ -184,7 +187,7 @@ def generation(
     mem, mem_kind = _memory(device)
     tpot = max(total["median"] - first["median"], 1e-9) / (new_tokens - 1)
     bw = bandwidth or devices.bandwidth(device)
-    weights = param_bytes(model)
+    weights = model_bytes or param_bytes(model)
     kv = kv_bytes_per_step(model.config, batch, prompt_len + new_tokens / 2, param.element_size())
     sol_tok_s = batch * bw / (weights + kv)
     decode_tok_s = batch / tpot

@@ -1,0 +1,174 @@
+"""The speed ladder: every decoding setup of the workbook, measured in one run on this device.
+
+    python -m helpers.ladder                      # GPT-2 124M architecture, 32-token prompt, 128 new tokens
+    python -m helpers.ladder --quick              # fewer tokens and repeats (a smoke test)
+    python -m helpers.ladder --model pocket --out my-ladder.json
+
+Rows: Hugging Face ``generate()`` in fp32 eager, in bf16, with a static cache (which transformers
+compiles by itself), then ``helpers.fastgen.FastGPT2`` (compiled with CUDA graphs on a GPU; eager and
+compiled on a CPU) and FastGPT2 with int8 weights. Each row reports decode tokens/s at batch 1, its ratio
+to the first row, and its fraction of the memory-bandwidth limit (the device's measured bandwidth
+divided by the bytes one step must read: the weights of that row plus the KV cache). bf16 rows run on
+GPUs only: CPUs without bf16 matrix units run it slower than fp32, and the ladder is about speed.
+The table is printed and written as JSON (default ``results/ladder-<device>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from datetime import date
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import bench, fastgen, models
+from . import device as devices
+from .notebook import quiet
+
+TARGETS = {
+    "cuda": "fast decoder (bf16) >= 3000 tokens/s, >= 25% of the bandwidth limit, >= 6x the best generate() "
+    "row and >= 25x generate() fp32 eager",
+    "cpu": "fastest row >= 4x generate() fp32 eager",
+}
+
+
+def _rows(hf32, hf16, on_gpu: bool):
+    """(label, model passed to bench.generation, generate_fn factory, weight bytes or None)."""
+    pad = None
+    rows = [("generate(), fp32 eager", hf32, lambda: bench.hf_generate(hf32, pad), None)]
+    if on_gpu:
+        rows.append(("generate(), bf16 eager", hf16, lambda: bench.hf_generate(hf16, pad), None))
+    base = hf16 if on_gpu else hf32
+    kind = "bf16" if on_gpu else "fp32"
+    static = "static cache + compile" if on_gpu else "static cache (transformers compiles it on GPUs only)"
+    rows.append(
+        (
+            f"generate(), {kind}, {static}",
+            base,
+            lambda: bench.hf_generate(base, pad, cache_implementation="static"),
+            None,
+        )
+    )
+    if on_gpu:
+        rows.append((f"FastGPT2, {kind}, compiled + CUDA graphs", base, lambda: fastgen.FastGPT2(base), "fast"))
+        rows.append(
+            ("FastGPT2, int8 weights, compiled + CUDA graphs", base, lambda: fastgen.FastGPT2(base, int8=True), "fast")
+        )
+    else:
+        rows.append((f"FastGPT2, {kind}, eager", base, lambda: fastgen.FastGPT2(base, compile=False), "fast"))
+        rows.append((f"FastGPT2, {kind}, compiled", base, lambda: fastgen.FastGPT2(base, compile=True), "fast"))
+        rows.append(
+            ("FastGPT2, int8 weights (dynamic int8), eager", base, lambda: fastgen.FastGPT2(base, int8=True), "fast")
+        )
+    return rows
+
+
+def run(
+    model_name: str = "gpt2-124m-random",
+    *,
+    prompt_len: int = 32,
+    new_tokens: int = 128,
+    repeats: int = 5,
+    device=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Measure every row of the ladder on ``device`` and return the records (ratios filled in)."""
+    quiet()
+    dev = torch.device(device or devices.pick())
+    on_gpu = dev.type == "cuda"
+    hf32, tok = models.load(model_name, device=dev, verbose=False)
+    hf16 = models.load(model_name, device=dev, dtype=torch.bfloat16, verbose=False)[0] if on_gpu else None
+    bw = devices.bandwidth(dev)
+    records = []
+    rows = _rows(hf32, hf16, on_gpu)
+    for label, model, make, kind in tqdm(rows, desc="ladder", disable=not progress):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            made = make()
+            fn = made.generate_fn() if kind == "fast" else made
+            rec = bench.generation(
+                model,
+                tok,
+                prompt_len=prompt_len,
+                new_tokens=new_tokens,
+                warmup=2,
+                repeats=repeats,
+                generate_fn=fn,
+                label=label,
+                model_name=model_name,
+                bandwidth=bw,
+                model_bytes=made.weight_bytes() if kind == "fast" else None,
+            )
+        records.append(rec)
+        del made, fn
+    first = records[0]["decode_tok_s"]
+    for rec in records:
+        rec["ratio"] = rec["decode_tok_s"] / first
+    return records
+
+
+def table(records: list[dict]) -> str:
+    lines = ["| setup | tokens/s | vs first row | fraction of bandwidth limit | time to first token (ms) |"]
+    lines.append("|---|---|---|---|---|")
+    for r in records:
+        lines.append(
+            f"| {r['label']} | {r['decode_tok_s']:,.0f} | {r['ratio']:.1f}x | {r['sol_fraction']:.1%} | "
+            f"{r['ttft_ms']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict(records: list[dict]) -> list[str]:
+    """The workbook's targets (WORKBOOK.md section 4), checked against this run."""
+    first = records[0]["decode_tok_s"]
+    if records[0]["device"] == "cuda":
+        fast = next(r for r in records if r["label"].startswith("FastGPT2, bf16"))
+        best_hf = max(r["decode_tok_s"] for r in records if r["label"].startswith("generate()"))
+        checks = [
+            (f"fast decoder {fast['decode_tok_s']:,.0f} tokens/s >= 3000", fast["decode_tok_s"] >= 3000),
+            (f"{fast['sol_fraction']:.1%} of the bandwidth limit >= 25%", fast["sol_fraction"] >= 0.25),
+            (f"{fast['decode_tok_s'] / best_hf:.1f}x the best generate() >= 6x", fast["decode_tok_s"] >= 6 * best_hf),
+            (f"{fast['decode_tok_s'] / first:.1f}x generate() fp32 eager >= 25x", fast["decode_tok_s"] >= 25 * first),
+        ]
+    else:
+        best = max(records[1:], key=lambda r: r["decode_tok_s"])
+        ratio = best["decode_tok_s"] / first
+        checks = [(f"fastest ({best['label']}) {ratio:.1f}x generate() fp32 eager >= 4x", ratio >= 4)]
+    return [f"[{'met' if ok else 'NOT met'}] {text}" for text, ok in checks]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gpt2-124m-random", help="a model name of helpers.models")
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the best available)")
+    parser.add_argument("--quick", action="store_true", help="16 new tokens, 1 repeat: a smoke test, not a result")
+    parser.add_argument("--out", default=None, help="JSON file (default: results/ladder-<device>.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.new_tokens, args.repeats = 16, 1
+    records = run(
+        args.model, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats, device=args.device
+    )
+    dev = records[0]["device"]
+    print(
+        f"\n{records[0]['device_name']}, torch {torch.__version__}, {date.today().isoformat()}, {args.model}, "
+        f"batch 1, {args.prompt_len}-token prompt, {args.new_tokens} new tokens, median of {args.repeats}\n"
+    )
+    print(table(records))
+    print(f"\ntargets ({TARGETS[dev]}):")
+    for line in verdict(records):
+        print("  " + line)
+    out = Path(args.out or f"results/ladder-{dev}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"records": records, "targets": verdict(records)}, indent=1))
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The fast decoder: same greedy tokens as generate(), reproducible sampling, clear errors."""
+
+import pytest
+import torch
+
+from helpers import bench, fastgen, models
+
+
+@pytest.fixture(scope="module")
+def pocket():
+    model, tok = models.load("pocket", device="cpu", verbose=False)
+    tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def hf_greedy(model, tok, n, **inputs):
+    return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+
+
+def test_greedy_tokens_are_those_of_generate(pocket):
+    model, tok = pocket
+    fast = fastgen.FastGPT2(model)
+    for prompt in bench.prompts()[:3]:
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        assert torch.equal(fast.generate(ids, 40), hf_greedy(model, tok, 40, input_ids=ids))
+
+
+def test_a_left_padded_batch_matches_generate(pocket):
+    model, tok = pocket
+    tok.padding_side = "left"
+    enc = tok(bench.prompts()[:4], return_tensors="pt", padding=True)
+    assert (enc["attention_mask"] == 0).any(), "the prompts should differ in length for this test"
+    fast = fastgen.FastGPT2(model)
+    out = fast.generate(enc["input_ids"], 24, attention_mask=enc["attention_mask"])
+    assert torch.equal(out, hf_greedy(model, tok, 24, **enc))
+
+
+def test_sampling_is_reproducible_with_a_seed(pocket):
+    model, tok = pocket
+    ids = tok(bench.prompts()[0], return_tensors="pt")["input_ids"]
+    fast = fastgen.FastGPT2(model)
+    a = fast.generate(ids, 30, temperature=1.0, top_k=50, seed=7)
+    b = fast.generate(ids, 30, temperature=1.0, top_k=50, seed=7)
+    c = fast.generate(ids, 30, temperature=1.0, top_k=50, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.equal(fast.generate(ids, 30, temperature=1.0, top_k=1, seed=3), fast.generate(ids, 30))
+
+
+def test_compiled_step_gives_the_same_tokens(tiny_model, tokenizer):
+    ids = tokenizer("def main():", return_tensors="pt")["input_ids"]
+    eager = fastgen.FastGPT2(tiny_model, compile=False).generate(ids, 12)
+    compiled = fastgen.FastGPT2(tiny_model, compile=True).generate(ids, 12)
+    assert torch.equal(eager, compiled)
+
+
+def test_matvec_equals_a_matrix_product():
+    torch.manual_seed(0)
+    w, b, x = torch.randn(48, 32), torch.randn(48), torch.randn(1, 1, 32)
+    layer = fastgen.Linear(w, b, torch.float32)
+    plain = layer(x)
+    layer.matvec = True
+    torch.testing.assert_close(layer(x), plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain, x @ w.T + b)
+
+
+def test_int8_reads_a_quarter_of_the_bytes_and_still_agrees(pocket):
+    model, tok = pocket
+    fp32, int8 = fastgen.FastGPT2(model), fastgen.FastGPT2(model, int8=True)
+    assert int8.weight_bytes() < 0.3 * fp32.weight_bytes()
+    ids = tok(bench.prompts()[1], return_tensors="pt")["input_ids"]
+    a, b = fp32.generate(ids, 16), int8.generate(ids, 16)
+    assert a.shape == b.shape
+    assert (a == b).float().mean() > 0.5  # rounding may change a later token, not most of them
+
+
+def test_clear_errors(pocket, tiny_model):
+    model, tok = pocket
+    fast = fastgen.FastGPT2(model)
+    ids = tok("x = 1", return_tensors="pt")["input_ids"]
+    with pytest.raises(ValueError, match="positions"):
+        fast.generate(ids, model.config.n_positions)
+    with pytest.raises(ValueError, match="left padding"):
+        fast.generate(
+            torch.cat([ids, ids], 0),
+            4,
+            attention_mask=torch.tensor([[1] * ids.shape[1], [1, 0] + [1] * (ids.shape[1] - 2)]),
+        )
+    with pytest.raises(ValueError, match="batch, tokens"):
+        fast.generate(ids[0], 4)
+    with pytest.raises(ValueError, match="float32"):
+        fastgen.FastGPT2(tiny_model, dtype=torch.bfloat16, int8=True)
