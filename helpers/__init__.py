@@ -6,12 +6,16 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.device``    which device to use, what the hardware is, its memory bandwidth
 - ``helpers.models``    the model zoo: ``load(name)`` for every model the workbook uses
 - ``helpers.data``      the Python standard library as a corpus, split by file
-- ``helpers.bench``     timing of generation (TTFT, decode tokens/s, memory, speed of light)
+- ``helpers.bench``     timing of generation (TTFT, decode tokens/s, memory, speed of light) and of one decode step
 - ``helpers.evaluate``  perplexity and greedy-token agreement
 - ``helpers.results``   the local result log and its plots
 - ``helpers.train``     a compact training loop
 - ``helpers.recipe``    how the pocket models were made (tokenizer, configs, model card)
 - ``helpers.checks``    checks for the exercises
+- ``helpers.quant``     quantizers from scratch (int8, int4, granularities, fake quantization)
+- ``helpers.prune``     pruning: magnitude (unstructured), 2:4, MLP neurons and blocks, CSR timing
+- ``helpers.fastgen``   the fast decoder (static KV cache, compiled step, CUDA graphs, int8)
+- ``helpers.ladder``    ``python -m helpers.ladder``: every decoding setup measured in one run
 """
 
 __version__ = "0.1.0"

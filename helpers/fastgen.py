@@ -119,14 +119,20 @@ class Block(nn.Module):
         return x + self.out(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
 
 
+# What "auto" compiles with on a GPU: CUDA graphs (as mode="reduce-overhead") plus inductor's coordinate-descent
+# tuning of each generated kernel's launch configuration, the setting gpt-fast uses for decoding.
+TUNED_CUDA_GRAPHS = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
+
+
 class FastGPT2(nn.Module):
     """A decoder built from a ``GPT2LMHeadModel``'s weights (copied; the original is left as it is).
 
     ``dtype``: float dtype of weights and activations (default: the model's). ``int8``: int8 weights
     (see the module docstring). ``compile``: ``"auto"`` compiles the decode step on a GPU with CUDA
-    graphs and leaves it eager on a CPU (where notebook 05 measures both); ``True``/``False`` force it;
-    a string is passed to ``torch.compile`` as its mode. ``matvec``: one-row matrix products as
-    multiply-and-sum (see ``matvec``); ``"auto"`` uses it when the step is compiled on a GPU.
+    graphs (``TUNED_CUDA_GRAPHS``) and leaves it eager on a CPU (``python -m helpers.ladder`` measures both);
+    ``True``/``False`` force it; a string is passed to ``torch.compile`` as its mode, a dict as its options.
+    ``matvec``: one-row matrix products as multiply-and-sum (see ``matvec``); ``"auto"`` uses it when the
+    step is compiled on a GPU.
     """
 
     def __init__(self, model, *, dtype: torch.dtype | None = None, int8: bool = False, compile="auto", matvec="auto"):
@@ -161,7 +167,7 @@ class FastGPT2(nn.Module):
         self.requires_grad_(False)
         self._batch = self._length = None
         if compile == "auto":
-            compile = "reduce-overhead" if self.device.type == "cuda" else False
+            compile = TUNED_CUDA_GRAPHS if self.device.type == "cuda" else False
         self.compile_mode = "default" if compile is True else (compile or None)
         if matvec == "auto":
             matvec = self.compile_mode is not None and self.device.type == "cuda"
@@ -212,10 +218,17 @@ class FastGPT2(nn.Module):
             x = block(x, self.k_cache[i], self.v_cache[i], pos, mask)
         return self.head(self.ln_f(x[:, -1])).float()
 
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        mode = self.compile_mode
+        return mode in ("reduce-overhead", "max-autotune") or (isinstance(mode, dict) and mode.get("triton.cudagraphs"))
+
     def _step(self):
         if self._decode is None:
             self._decode = self.forward
-            if self.compile_mode is not None:
+            if isinstance(self.compile_mode, dict):
+                self._decode = torch.compile(self.forward, options=self.compile_mode, fullgraph=True, dynamic=False)
+            elif self.compile_mode is not None:
                 self._decode = torch.compile(self.forward, mode=self.compile_mode, fullgraph=True, dynamic=False)
         return self._decode
 
@@ -268,7 +281,7 @@ class FastGPT2(nn.Module):
         for i in range(t, total):
             out[:, i] = self._pick(logits, temperature, top_k, gen)
             if i + 1 < total:
-                if self.compile_mode == "reduce-overhead":
+                if self.uses_cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 logits = step(out[:, i : i + 1], self.arange[i : i + 1])
         return out

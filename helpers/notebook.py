@@ -30,6 +30,8 @@ def quiet() -> None:
 
     This is the one place where warnings are filtered, so a reader can see what is hidden:
     - torch.ao.quantization's deprecation warnings (it still works; we say so where we use it);
+    - torch's "beta" / "prototype" notices for sparse CSR and 2:4 tensors (notebook 04 says what they are);
+    - torchao's notice that its tensors lack a compile-cache hash (compilation still works, only uncached);
     - transformers' "generation flags" and "pad_token_id" chatter for GPT-2, which has no pad token;
     - torchao's "Failed to load ... _C_*" lines on a machine without the matching GPU kernels, and the
       "Enum subclass ... register_constant" deprecation line that importing torchao makes torch log;
@@ -38,6 +40,8 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*TypedStorage is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*_stable_hash_for_caching.*")  # torchao tensors under compile
+    warnings.filterwarnings("ignore", message=r".*Sparse CSR tensor support is in beta.*")
+    warnings.filterwarnings("ignore", message=r".*SparseSemiStructuredTensor is in prototype.*")
     for name in (
         "transformers.generation.utils",
         "transformers.generation.configuration_utils",

@@ -56,13 +56,13 @@ def _fmt(value) -> str:
 
 
 def table(rows: list[dict], columns: list[str], headers: list[str] | None = None) -> str:
-    """A Markdown table of ``columns`` from ``rows`` (missing values left blank)."""
+    """A Markdown table of ``columns`` from ``rows`` (missing and ``None`` values left blank)."""
     headers = headers or columns
     if len(headers) != len(columns):
         raise ValueError("headers and columns must have the same length.")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c]) if c in row else "" for c in columns) + " |")
+        lines.append("| " + " | ".join(_fmt(row[c]) if row.get(c) is not None else "" for c in columns) + " |")
     return "\n".join(lines)
 
 
