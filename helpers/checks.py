@@ -107,3 +107,37 @@ def check_loss_scale(scale, smallest_grad: float, largest_grad: float) -> bool:
         )
     print(f"Right: every gradient from {smallest_grad:g} to {largest_grad:g} fits fp16's normal range once scaled.")
     return True
+
+
+def check_magnitude_mask(mask, weight, sparsity: float) -> bool:
+    """A magnitude-pruning mask: True (or 1) where a weight is kept, the ``sparsity`` smallest |w| dropped."""
+    import torch
+
+    if not isinstance(mask, torch.Tensor):
+        raise AssertionError(f"Expected a tensor the shape of the weight, got {type(mask).__name__}.")
+    if mask.shape != weight.shape:
+        raise AssertionError(
+            f"The mask has shape {tuple(mask.shape)}, the weight {tuple(weight.shape)}: they must match."
+        )
+    keep = mask != 0
+    size = weight.detach().abs()
+    k = max(1, round(sparsity * weight.numel()))
+    right = size > size.flatten().kthvalue(k).values
+    if (~keep == right).float().mean() > 0.99:
+        raise AssertionError("Your mask is the wrong way round: True must mark a weight that stays (a large |w|).")
+    pruned = 1 - keep.float().mean().item()
+    if abs(pruned - sparsity) > 0.005:
+        raise AssertionError(f"Your mask drops {pruned:.1%} of the weights; it should drop {sparsity:.1%}.")
+    if keep.any() and (~keep).any() and size[keep].min() < size[~keep].max():
+        by_value = weight > weight.flatten().kthvalue(k).values
+        if (by_value == keep).float().mean() > 0.99:
+            raise AssertionError(
+                "You ranked the weights by value, not by magnitude: a weight of -0.9 matters as much as one of "
+                "+0.9. Compare |w| (weight.abs())."
+            )
+        raise AssertionError(
+            f"Some kept weights are smaller in magnitude ({size[keep].min():.3g}) than some dropped ones "
+            f"({size[~keep].max():.3g}): keep the largest |w|."
+        )
+    print(f"Right: {pruned:.1%} of the weights dropped, every one smaller in magnitude than every weight kept.")
+    return True

@@ -18,6 +18,8 @@ def test_result_log_round_trip(tmp_path):
     assert text.splitlines()[0] == "| what | tokens/s |" and "| b | 20.00 |" in text
     with pytest.raises(ValueError):
         results.table(rows, ["label"], ["a", "b"])
+    blanks = results.table([{"label": "c", "decode_tok_s": None}, {"label": "d"}], ["label", "decode_tok_s"])
+    assert blanks.splitlines()[2:] == ["| c |  |", "| d |  |"]
 
 
 def test_plots_draw_every_record():
