@@ -1,0 +1,47 @@
+"""The ladder's table and its verdict on the workbook's targets (the measuring itself runs in notebook 05)."""
+
+from helpers import ladder
+
+
+def record(label, tok_s, device="cuda", sol=0.3):
+    return {"label": label, "decode_tok_s": tok_s, "device": device, "sol_fraction": sol, "ttft_ms": 5.0}
+
+
+def with_ratios(records):
+    for r in records:
+        r["ratio"] = r["decode_tok_s"] / records[0]["decode_tok_s"]
+    return records
+
+
+def test_gpu_targets_are_checked_against_the_right_rows():
+    records = with_ratios(
+        [
+            record("generate(), fp32 eager", 100),
+            record("generate(), bf16, static cache + compile", 500),
+            record("FastGPT2, bf16, compiled + CUDA graphs", 3100),
+        ]
+    )
+    lines = ladder.verdict(records)
+    assert len(lines) == 4
+    assert lines[0].startswith("[met]") and "3,100" in lines[0]
+    assert lines[1].startswith("[met]")  # 30% of the limit
+    assert lines[2].startswith("[met]")  # 6.2x the best generate() (500)
+    assert lines[3].startswith("[met]")  # 31x fp32 eager
+    records[2]["decode_tok_s"] = 2900
+    assert ladder.verdict(records)[0].startswith("[NOT met]")
+    assert ladder.verdict(records)[2].startswith("[NOT met]")  # 5.8x
+
+
+def test_cpu_target_uses_the_fastest_row():
+    records = with_ratios(
+        [
+            record("generate(), fp32 eager", 25, "cpu"),
+            record("FastGPT2, fp32, eager", 60, "cpu"),
+            record("FastGPT2, int8 weights (dynamic int8), eager", 110, "cpu"),
+        ]
+    )
+    (line,) = ladder.verdict(records)
+    assert line.startswith("[met]") and "int8" in line and "4.4x" in line
+    table = ladder.table(records)
+    assert table.splitlines()[0].startswith("| setup | tokens/s")
+    assert "| FastGPT2, int8 weights (dynamic int8), eager | 110 | 4.4x |" in table
