@@ -122,6 +122,7 @@ class Block(nn.Module):
 # What "auto" compiles with on a GPU: CUDA graphs (as mode="reduce-overhead") plus inductor's coordinate-descent
 # tuning of each generated kernel's launch configuration, the setting gpt-fast uses for decoding.
 TUNED_CUDA_GRAPHS = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
+TUNED = {"coordinate_descent_tuning": True}
 
 
 class FastGPT2(nn.Module):
@@ -132,10 +133,20 @@ class FastGPT2(nn.Module):
     graphs (``TUNED_CUDA_GRAPHS``) and leaves it eager on a CPU (``python -m helpers.ladder`` measures both);
     ``True``/``False`` force it; a string is passed to ``torch.compile`` as its mode, a dict as its options.
     ``matvec``: one-row matrix products as multiply-and-sum (see ``matvec``); ``"auto"`` uses it when the
-    step is compiled on a GPU.
+    step is compiled on a GPU. ``graph_steps`` (GPU, greedy): capture that many decode steps, token choice
+    included, in one CUDA graph, so Python launches one graph per ``graph_steps`` tokens.
     """
 
-    def __init__(self, model, *, dtype: torch.dtype | None = None, int8: bool = False, compile="auto", matvec="auto"):
+    def __init__(
+        self,
+        model,
+        *,
+        dtype: torch.dtype | None = None,
+        int8: bool = False,
+        compile="auto",
+        matvec="auto",
+        graph_steps: int = 0,
+    ):
         super().__init__()
         cfg = model.config
         if getattr(cfg, "model_type", None) != "gpt2":
@@ -166,9 +177,16 @@ class FastGPT2(nn.Module):
             self.head = _cpu_int8(self.head)
         self.requires_grad_(False)
         self._batch = self._length = None
+        on_gpu = self.device.type == "cuda"
+        self.graph_steps = graph_steps if on_gpu and compile else 0
         if compile == "auto":
-            compile = TUNED_CUDA_GRAPHS if self.device.type == "cuda" else False
+            # several steps per CUDA graph (graph_steps): we capture the graphs ourselves, so the compiler must not
+            compile = (TUNED if self.graph_steps > 1 else TUNED_CUDA_GRAPHS) if on_gpu else False
         self.compile_mode = "default" if compile is True else (compile or None)
+        if self.graph_steps > 1 and self.uses_cuda_graphs:
+            raise ValueError(
+                "graph_steps captures CUDA graphs itself: compile without them (e.g. compile=fastgen.TUNED)."
+            )
         if matvec == "auto":
             matvec = self.compile_mode is not None and self.device.type == "cuda"
         for layer in self.modules():
@@ -204,6 +222,11 @@ class FastGPT2(nn.Module):
         self.register_buffer("v_cache", torch.zeros(shape, device=self.device, dtype=self.dtype), persistent=False)
         self.register_buffer("pad", torch.zeros(batch, dtype=torch.long, device=self.device), persistent=False)
         self.register_buffer("arange", torch.arange(length, device=self.device), persistent=False)
+        # the token and position fed to a captured step, and the output it writes into (graph_steps > 1)
+        self.register_buffer("_tok", torch.zeros(batch, 1, dtype=torch.long, device=self.device), persistent=False)
+        self.register_buffer("_pos", torch.zeros(1, dtype=torch.long, device=self.device), persistent=False)
+        self.register_buffer("_out", torch.zeros(batch, length, dtype=torch.long, device=self.device), persistent=False)
+        self._graphs = {}
         self._batch, self._length = batch, length
         self._decode = None  # new shapes: compile again
 
@@ -274,6 +297,8 @@ class FastGPT2(nn.Module):
         if temperature > 0:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(torch.seed() if seed is None else seed)
+        if self.graph_steps > 1 and temperature == 0:
+            return self._generate_graphed(ids, total)
         out = torch.empty(b, total, dtype=torch.long, device=self.device)
         out[:, :t] = ids
         logits = self.forward(ids, self.arange[:t])  # prefill: the whole prompt at once, eager
@@ -285,6 +310,49 @@ class FastGPT2(nn.Module):
                     torch.compiler.cudagraph_mark_step_begin()
                 logits = step(out[:, i : i + 1], self.arange[i : i + 1])
         return out
+
+    def _graph(self, k: int) -> torch.cuda.CUDAGraph:
+        """A CUDA graph of ``k`` greedy decode steps that read and write the module's buffers only."""
+        if k not in self._graphs:
+            step = self._step()
+
+            def steps():
+                for _ in range(k):
+                    nxt = step(self._tok, self._pos).argmax(-1, keepdim=True)
+                    self._pos.add_(1)
+                    self._out.index_copy_(1, self._pos, nxt)  # the new token goes at the next position
+                    self._tok.copy_(nxt)
+
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # compile and warm up outside the capture (writes go to unused slots)
+                for _ in range(2):
+                    self._pos.zero_()
+                    steps()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._pos.zero_()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                steps()
+            self._graphs[k] = graph
+        return self._graphs[k]
+
+    def _generate_graphed(self, ids: torch.Tensor, total: int) -> torch.Tensor:
+        """Greedy decoding with ``graph_steps`` decode steps replayed per CUDA graph launch."""
+        t = ids.shape[1]
+        k = min(self.graph_steps, self._length - 1)
+        big, small = self._graph(k), self._graph(1)
+        logits = self.forward(ids, self.arange[:t])  # prefill, eager
+        self._out[:, :t] = ids
+        self._out[:, t] = logits.argmax(-1)
+        self._tok.copy_(self._out[:, t : t + 1])
+        self._pos.fill_(t)
+        remaining = total - t - 1
+        for _ in range(remaining // k):
+            big.replay()
+        for _ in range(remaining % k):
+            small.replay()
+        return self._out[:, :total].clone()
 
     @staticmethod
     def _pick(logits, temperature, top_k, gen) -> torch.Tensor:

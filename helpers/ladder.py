@@ -5,8 +5,9 @@
     python -m helpers.ladder --model pocket --out my-ladder.json
 
 Rows: Hugging Face ``generate()`` in fp32 eager, in bf16, with a static cache (which transformers
-compiles by itself), then ``helpers.fastgen.FastGPT2`` (compiled with CUDA graphs on a GPU; eager and
-compiled on a CPU) and FastGPT2 with int8 weights. Each row reports decode tokens/s at batch 1, its ratio
+compiles by itself), then ``helpers.fastgen.FastGPT2`` (on a GPU compiled with CUDA graphs, and with
+``GRAPH_STEPS`` decode steps captured per CUDA graph; on a CPU eager and compiled) and FastGPT2 with int8
+weights. Each row reports decode tokens/s at batch 1, its ratio
 to the first row, and its fraction of the memory-bandwidth limit (the device's measured bandwidth
 divided by the bytes one step must read: the weights of that row plus the KV cache). bf16 rows run on
 GPUs only: CPUs without bf16 matrix units run it slower than fp32, and the ladder is about speed.
@@ -27,6 +28,8 @@ from tqdm.auto import tqdm
 from . import bench, fastgen, models
 from . import device as devices
 from .notebook import quiet
+
+GRAPH_STEPS = 16  # decode steps captured in one CUDA graph by the last FastGPT2 row on GPUs
 
 TARGETS = {
     "cuda": "fast decoder (bf16) >= 3000 tokens/s, >= 25% of the bandwidth limit, >= 6x the best generate() "
@@ -54,6 +57,14 @@ def _rows(hf32, hf16, on_gpu: bool):
     )
     if on_gpu:
         rows.append((f"FastGPT2, {kind}, compiled + CUDA graphs", base, lambda: fastgen.FastGPT2(base), "fast"))
+        rows.append(
+            (
+                f"FastGPT2, {kind}, {GRAPH_STEPS} steps per CUDA graph",
+                base,
+                lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS),
+                "fast",
+            )
+        )
         rows.append(
             ("FastGPT2, int8 weights, compiled + CUDA graphs", base, lambda: fastgen.FastGPT2(base, int8=True), "fast")
         )
@@ -125,10 +136,13 @@ def verdict(records: list[dict]) -> list[str]:
     """The workbook's targets (WORKBOOK.md section 4), checked against this run."""
     first = records[0]["decode_tok_s"]
     if records[0]["device"] == "cuda":
-        fast = next(r for r in records if r["label"].startswith("FastGPT2, bf16"))
+        fast = max((r for r in records if r["label"].startswith("FastGPT2, bf16")), key=lambda r: r["decode_tok_s"])
         best_hf = max(r["decode_tok_s"] for r in records if r["label"].startswith("generate()"))
         checks = [
-            (f"fast decoder {fast['decode_tok_s']:,.0f} tokens/s >= 3000", fast["decode_tok_s"] >= 3000),
+            (
+                f"fast decoder ({fast['label']}) {fast['decode_tok_s']:,.0f} tokens/s >= 3000",
+                fast["decode_tok_s"] >= 3000,
+            ),
             (f"{fast['sol_fraction']:.1%} of the bandwidth limit >= 25%", fast["sol_fraction"] >= 0.25),
             (f"{fast['decode_tok_s'] / best_hf:.1f}x the best generate() >= 6x", fast["decode_tok_s"] >= 6 * best_hf),
             (f"{fast['decode_tok_s'] / first:.1f}x generate() fp32 eager >= 25x", fast["decode_tok_s"] >= 25 * first),
