@@ -90,3 +90,11 @@ def test_clear_errors(pocket, tiny_model):
         fast.generate(ids[0], 4)
     with pytest.raises(ValueError, match="float32"):
         fastgen.FastGPT2(tiny_model, dtype=torch.bfloat16, int8=True)
+
+
+def test_graph_steps_only_change_the_gpu_path(pocket):
+    model, tok = pocket
+    ids = tok(bench.prompts()[2], return_tensors="pt")["input_ids"]
+    graphed = fastgen.FastGPT2(model, graph_steps=16)  # CUDA graphs are GPU-only: ignored on a CPU
+    assert graphed.graph_steps == (16 if torch.cuda.is_available() else 0)
+    assert torch.equal(graphed.generate(ids, 20), fastgen.FastGPT2(model).generate(ids, 20))
