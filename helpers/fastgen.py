@@ -5,7 +5,10 @@ It takes the model's weights and decodes with the few plain ideas notebook 05 bu
 - a **static KV cache**: keys and values live in preallocated buffers of the module, written in place
   at each position, so every decode step has the same shapes;
 - **one compiled decode step** (``torch.compile``) of fixed shapes, with **CUDA graphs** on a GPU
-  (``mode="reduce-overhead"``): a whole step is replayed as one launch instead of ~100 Python-driven ones;
+  (``TUNED_CUDA_GRAPHS``): a whole step is replayed as one launch instead of ~100 Python-driven ones;
+  ``graph_steps=16`` records 16 greedy steps, token choice included, in one CUDA graph of its own;
+- one-row matrix products written as multiply-and-sum (``matvec``), which the compiler fuses into one
+  pass over each weight at batch 1;
 - any float dtype (bf16 on a GPU), and optional **int8 weights**: on a GPU, int8 weight-only with the
   dequantization fused into the matmul by the compiler; on a CPU, PyTorch's dynamic int8 kernels
   (``torch.ao``'s FBGEMM path, the fastest CPU path notebook 03 measured).
