@@ -16,6 +16,7 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.prune``     pruning: magnitude (unstructured), 2:4, MLP neurons and blocks, CSR timing
 - ``helpers.fastgen``   the fast decoder (static KV cache, compiled step, CUDA graphs, int8)
 - ``helpers.ladder``    ``python -m helpers.ladder``: every decoding setup measured in one run
+- ``helpers.speculative`` speculative decoding from scratch (greedy and rejection sampling)
 """
 
 __version__ = "0.1.0"
