@@ -39,7 +39,7 @@ TARGETS = {
 
 
 def _rows(hf32, hf16, on_gpu: bool):
-    """(label, model passed to bench.generation, generate_fn factory, weight bytes or None)."""
+    """(label, model passed to bench.generation, factory of a generate_fn or a FastGPT2, "fast" for FastGPT2 rows)."""
     pad = None
     rows = [("generate(), fp32 eager", hf32, lambda: bench.hf_generate(hf32, pad), None)]
     if on_gpu:
