@@ -161,7 +161,6 @@ class FastGPT2(nn.Module):
         self.config = cfg
         self.device = next(model.parameters()).device
         self.dtype = dtype or next(model.parameters()).dtype
-        self.int8 = int8
         if int8 and self.device.type == "cpu" and self.dtype != torch.float32:
             raise ValueError("On a CPU, FastGPT2's int8 path (dynamic int8) runs in float32: leave dtype unset.")
         gpu_int8 = int8 and self.device.type == "cuda"  # weight-only int8; on a CPU, dynamic int8 (below)

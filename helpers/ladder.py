@@ -40,10 +40,9 @@ TARGETS = {
 
 def _rows(hf32, hf16, on_gpu: bool):
     """(label, model passed to bench.generation, factory of a generate_fn or a FastGPT2, "fast" for FastGPT2 rows)."""
-    pad = None
-    rows = [("generate(), fp32 eager", hf32, lambda: bench.hf_generate(hf32, pad), None)]
+    rows = [("generate(), fp32 eager", hf32, lambda: bench.hf_generate(hf32), None)]
     if on_gpu:
-        rows.append(("generate(), bf16 eager", hf16, lambda: bench.hf_generate(hf16, pad), None))
+        rows.append(("generate(), bf16 eager", hf16, lambda: bench.hf_generate(hf16), None))
     base = hf16 if on_gpu else hf32
     kind = "bf16" if on_gpu else "fp32"
     static = "static cache + compile" if on_gpu else "static cache (transformers compiles it on GPUs only)"
@@ -51,7 +50,7 @@ def _rows(hf32, hf16, on_gpu: bool):
         (
             f"generate(), {kind}, {static}",
             base,
-            lambda: bench.hf_generate(base, pad, cache_implementation="static"),
+            lambda: bench.hf_generate(base, cache_implementation="static"),
             None,
         )
     )

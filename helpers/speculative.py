@@ -32,18 +32,19 @@ def _truncate(cache: DynamicCache, length: int) -> None:
         cache.crop(-extra)
 
 
-def _cache_arg(model) -> str:
-    """The name under which ``forward`` takes the KV cache: ``cache`` in newer transformers 5 releases,
+def cache_arg(model) -> str:
+    """The name under which ``model.forward`` takes a KV cache: ``cache`` in newer transformers 5 releases,
     ``past_key_values`` (deprecated there) in older ones."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _logits(model, cache: DynamicCache, seq: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-    """Feed the tokens of ``seq`` (1, n) not yet in ``cache`` (plus ``extra``); return their logits (m, vocab)."""
+def _logits(model, cache: DynamicCache, arg: str, seq: torch.Tensor, extra: torch.Tensor | None = None):
+    """Feed the tokens of ``seq`` (1, n) not yet in ``cache`` (plus ``extra``), passing the cache as ``arg``;
+    return their logits (m, vocab)."""
     new = seq[:, cache.get_seq_length() :]
     if extra is not None:
         new = torch.cat([new, extra], dim=1)
-    return model(input_ids=new, use_cache=True, **{_cache_arg(model): cache}).logits[0].float()
+    return model(input_ids=new, use_cache=True, **{arg: cache}).logits[0].float()
 
 
 def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -81,10 +82,11 @@ def generate(
     seq = input_ids.to(device)
     goal = seq.shape[1] + max_new_tokens
     t_cache, d_cache = DynamicCache(), DynamicCache()
+    t_arg, d_arg = cache_arg(target), cache_arg(draft)  # looked up once, not at every forward pass
     # prefill both caches with all but the last prompt token, so each round starts by feeding that one
     if seq.shape[1] > 1:
-        _logits(target, t_cache, seq[:, :-1])
-        _logits(draft, d_cache, seq[:, :-1])
+        _logits(target, t_cache, t_arg, seq[:, :-1])
+        _logits(draft, d_cache, d_arg, seq[:, :-1])
     rounds = drafted = accepted = 0
     while seq.shape[1] < goal:
         n = seq.shape[1]
@@ -92,7 +94,7 @@ def generate(
         # 1. the draft proposes kk tokens, one at a time
         proposal, q = [], []
         for _ in range(kk):
-            logits = _logits(draft, d_cache, torch.cat([seq] + proposal, dim=1))[-1]
+            logits = _logits(draft, d_cache, d_arg, torch.cat([seq] + proposal, dim=1))[-1]
             if temperature == 0:
                 token = logits.argmax().view(1, 1)
             else:
@@ -101,7 +103,7 @@ def generate(
             proposal.append(token)
         proposal = torch.cat(proposal, dim=1)
         # 2. the target scores the last accepted token and all proposals in one pass: kk + 1 predictions
-        t_logits = _logits(target, t_cache, seq, proposal)[-(kk + 1) :]
+        t_logits = _logits(target, t_cache, t_arg, seq, proposal)[-(kk + 1) :]
         # 3. accept a prefix of the proposal, then add one token of the target's own
         if temperature == 0:
             choice = t_logits.argmax(-1)
