@@ -17,6 +17,7 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.fastgen``   the fast decoder (static KV cache, compiled step, CUDA graphs, int8)
 - ``helpers.ladder``    ``python -m helpers.ladder``: every decoding setup measured in one run
 - ``helpers.speculative`` speculative decoding from scratch (greedy and rejection sampling)
+- ``helpers.distill``   the knowledge-distillation loss (soft targets with a temperature)
 """
 
 __version__ = "0.1.0"
