@@ -7,6 +7,8 @@
 - ``block_linears``: every linear layer inside a GPT-2's blocks, as (parent, attribute, layer).
 - ``fake_quantize_model``: a copy of a GPT-2 with every block's linear weights fake-quantized.
 - ``weight_bytes``: the storage a quantized model needs (integers plus scales and zero points).
+- ``int8_dynamic``: PyTorch's dynamic int8 (CPU kernels) on a GPT-2, after turning its ``Conv1D`` layers into
+  ``nn.Linear`` (notebook 03 builds it step by step; notebook 07 reuses it).
 """
 
 from __future__ import annotations
@@ -146,3 +148,27 @@ def weight_bytes(
         quantized += w.numel() * bits / 8 + units * scale_bytes * (1 if symmetric else 2)
     rest = {id(t): t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in ids}
     return int(quantized + sum(t.numel() * t.element_size() for t in rest.values()))
+
+
+def int8_dynamic(model: nn.Module, include_lm_head: bool = True) -> nn.Module:
+    """A copy of a GPT-2 on the CPU with ``torch.ao``'s dynamic int8 linear layers (int8 weights, activations
+    quantized at each call): every block's layers and, with ``include_lm_head``, the output layer.
+
+    ``quantize_dynamic`` only replaces ``nn.Linear``, and GPT-2's blocks use transformers' ``Conv1D``, so they
+    are converted first (a plain ``quantize_dynamic(model, {nn.Linear})`` quantizes only the output layer).
+    """
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    from .models import conv1d_to_linear
+
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("Dynamic int8 runs on the CPU: move the model there first (model.to('cpu')).")
+    out = conv1d_to_linear(copy.deepcopy(model).float())
+    names = {name for name, layer in out.named_modules() if isinstance(layer, nn.Linear)}
+    if not include_lm_head:
+        names.discard("lm_head")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return quantize_dynamic(out, names, dtype=torch.qint8)

@@ -66,3 +66,15 @@ def test_fake_quantized_model_and_its_size(tiny_model):
     expected_saving = block * (4 - 1)  # fp32 -> int8 ...
     expected_saving -= sum(layer.weight.shape[1] for _, _, layer in quant.block_linears(tiny_model)) * 2  # + scales
     assert quant.weight_bytes(tiny_model, 8) == full - expected_saving
+
+
+def test_int8_dynamic_quantizes_every_block_layer_and_stays_close(tiny_model):
+    q = quant.int8_dynamic(tiny_model)
+    dyn = torch.ao.nn.quantized.dynamic.Linear
+    assert sum(isinstance(m, dyn) for m in q.modules()) == 4 * tiny_model.config.n_layer + 1
+    assert sum(isinstance(m, dyn) for m in quant.int8_dynamic(tiny_model, include_lm_head=False).modules()) == 8
+    ids = torch.arange(20)[None]
+    with torch.no_grad():
+        ref, got = tiny_model(input_ids=ids).logits, q(input_ids=ids).logits
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    assert not isinstance(tiny_model.lm_head, dyn)  # the original is left as it was
