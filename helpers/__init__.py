@@ -18,6 +18,7 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.ladder``    ``python -m helpers.ladder``: every decoding setup measured in one run
 - ``helpers.speculative`` speculative decoding from scratch (greedy and rejection sampling)
 - ``helpers.distill``   the knowledge-distillation loss (soft targets with a temperature)
+- ``helpers.leaderboard`` notebook 07's leaderboard: entries kept in the result log, Pareto fronts
 """
 
 __version__ = "0.1.0"

@@ -9,6 +9,13 @@ It takes the model's weights and decodes with the few plain ideas notebook 05 bu
   ``graph_steps=16`` records 16 greedy steps, token choice included, in one CUDA graph of its own;
 - one-row matrix products written as multiply-and-sum (``matvec``), which the compiler fuses into one
   pass over each weight at batch 1;
+- on a GPU, for greedy decoding at batch 1 with ``graph_steps``, a **hand-written decode step** of 62
+  Triton kernels instead of the compiled one (~160 kernels): one per matrix product with the LayerNorm
+  before it, its bias, GELU and residual add fused in, the keys and values written straight into the cache,
+  attention over blocks of cached positions merged inside the next product, and the argmax split between
+  the output layer and a one-block kernel. At batch 1 a step's time is the sum of its kernels' fixed costs,
+  not bytes, so fewer kernels is what counts; on Hopper each kernel is also launched early
+  (programmatic dependent launch, ``PDL``) and reads its weights while the kernel before it finishes;
 - any float dtype (bf16 on a GPU), and optional **int8 weights**: on a GPU, int8 weight-only with the
   dequantization fused into the matmul by the compiler; on a CPU, PyTorch's dynamic int8 kernels
   (``torch.ao``'s FBGEMM path, the fastest CPU path notebook 03 measured).
@@ -17,13 +24,16 @@ Greedy decoding gives the same tokens as ``generate()`` (tested on the pocket mo
 (temperature, top-k) is reproducible with a seed. Prompts of different lengths are left-padded and
 masked, as ``generate()`` does with an ``attention_mask``.
 
-    fast = FastGPT2(model, dtype=torch.bfloat16)
+    fast = FastGPT2(model, dtype=torch.bfloat16, graph_steps=16)
     out = fast.generate(input_ids, max_new_tokens=128)
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import os
+import types
 import warnings
 
 import torch
@@ -31,6 +41,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import quant
+
+try:  # Triton comes with PyTorch's CUDA builds; the CPU path needs none of it
+    import triton
+    import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:
+    triton = tl = gdc_launch_dependents = gdc_wait = None
+
+_jit = triton.jit if triton is not None else (lambda fn: fn)
 
 
 def matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -126,6 +145,143 @@ class Block(nn.Module):
 # tuning of each generated kernel's launch configuration, the setting gpt-fast uses for decoding.
 TUNED_CUDA_GRAPHS = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
 TUNED = {"coordinate_descent_tuning": True}
+STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positions
+
+
+# --- the hand-written decode step (GPU, greedy, batch 1) -----------------------------------------------
+# Each kernel reads first what no earlier kernel writes (weights, biases, LayerNorm parameters), then waits for
+# the kernel before it (gdc_wait; with PDL it was launched before that one finished), then reads activations
+# and writes. Waits chain, so everything written by any earlier kernel is visible after the wait.
+
+# (rows per program, warps) of each matrix product; each program reads whole rows (K rounded up to a power of 2).
+# Picked by timing a few on an H200 (2026-11-26, GPT-2 124M, bf16): 200 us per token, against 224 us for (8, 4)
+# in fc and (2, 4) in out.
+KERNEL_CONFIGS = {"qkv": (8, 4), "proj": (4, 4), "fc": (4, 4), "out": (4, 4), "head": (16, 4)}
+PDL = True  # programmatic dependent launch on GPUs that have it (compute capability 9.0, Hopper, and later)
+
+
+@_jit
+def _merge_heads(
+    acc_ptr, ml_ptr, n_parts, cols, col_ok, K: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr
+):
+    """Attention output at columns ``cols`` from _attention_kernel's blocks: softmax-weighted merge of partial sums."""
+    p = tl.arange(0, BLOCK_P)
+    ok = (p < n_parts)[:, None] & col_ok[None, :]
+    idx = p[:, None] * (K // HEAD_DIM) + (cols // HEAD_DIM)[None, :]  # (block, head) of each column
+    m = tl.load(ml_ptr + idx, mask=ok, other=float("-inf"))  # each block's largest score
+    total = tl.load(ml_ptr + n_parts * (K // HEAD_DIM) + idx, mask=ok, other=0.0)  # its sum of exp(score - m)
+    acc = tl.load(acc_ptr + p[:, None] * K + cols[None, :], mask=ok, other=0.0)  # its sum of exp(score - m) v
+    top = tl.where(col_ok, tl.max(m, 0), 0.0)
+    scale = tl.exp(m - top[None, :])  # 0 for blocks past the current position (m = -inf)
+    return tl.where(col_ok, tl.sum(scale * acc, 0) / tl.sum(scale * total, 0), 0.0)
+
+
+@_jit
+def _rowdot_kernel(
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, ln_w_ptr, ln_b_ptr,
+    tok_ptr, pos_ptr, wte_ptr, wpe_ptr, k_ptr, v_ptr, cache_stride, part_ptr, n_parts,
+    N, eps,
+    K: tl.constexpr, HEAD_DIM: tl.constexpr,
+    EMBED: tl.constexpr, MERGE: tl.constexpr, LN: tl.constexpr, BIAS: tl.constexpr, GELU: tl.constexpr,
+    RES: tl.constexpr, QKV: tl.constexpr, ARGMAX: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """``y = act(LN(x) @ w.T + bias) + res`` for one row ``x``, BLOCK_N output rows per program.
+
+    The input row is ``x``, or (EMBED) the token's embedding ``wte[tok] + wpe[pos]`` (also written to ``x`` for
+    the residual), or (MERGE) the attention output merged from ``x``'s partial sums. QKV: q goes to ``y``, k and
+    v into the cache at ``pos``. ARGMAX: each program also writes its best value and index to ``part``.
+    """
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_K)
+    row_ok = rows < N
+    col_ok = cols < K
+    w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    if BIAS:
+        bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    if LN:
+        gamma = tl.load(ln_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        beta = tl.load(ln_b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    if EMBED:
+        tok = tl.load(tok_ptr)
+        x = tl.load(wte_ptr + tok * K + cols, mask=col_ok, other=0.0).to(tl.float32)
+        x += tl.load(wpe_ptr + tl.load(pos_ptr) * K + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if pid == 0:
+            tl.store(x_ptr + cols, x, mask=col_ok)
+    elif MERGE:
+        x = _merge_heads(x_ptr, part_ptr, n_parts, cols, col_ok, K, HEAD_DIM, BLOCK_P)
+    else:
+        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if LN:
+        centered = tl.where(col_ok, x - tl.sum(x, 0) / K, 0.0)
+        x = centered / tl.sqrt(tl.sum(centered * centered, 0) / K + eps) * gamma + beta
+    y = tl.sum(w.to(tl.float32) * x[None, :], 1)
+    if BIAS:
+        y += bias
+    if GELU:  # GPT-2's tanh GELU: 0.5 y (1 + tanh(u)), tanh(u) = 1 - 2 / (exp(2u) + 1)
+        u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+        y = 0.5 * y * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+    if RES:
+        y += tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    if QKV:
+        part = rows // K  # 0: q, 1: k, 2: v
+        j = rows - part * K
+        head = j // HEAD_DIM
+        at = head * cache_stride + tl.load(pos_ptr) * HEAD_DIM + (j - head * HEAD_DIM)
+        tl.store(y_ptr + j, y, mask=row_ok & (part == 0))
+        tl.store(k_ptr + at, y.to(k_ptr.dtype.element_ty), mask=row_ok & (part == 1))
+        tl.store(v_ptr + at, y.to(v_ptr.dtype.element_ty), mask=row_ok & (part == 2))
+    else:
+        tl.store(y_ptr + rows, y, mask=row_ok)
+    if ARGMAX:
+        y = tl.where(row_ok, y, float("-inf"))
+        tl.store(part_ptr + pid, tl.max(y, 0))
+        tl.store(part_ptr + n_parts + pid, (pid * BLOCK_N + tl.argmax(y, 0)).to(tl.float32))
+
+
+@_jit
+def _attention_kernel(
+    q_ptr, k_ptr, v_ptr, acc_ptr, ml_ptr, pos_ptr, cache_stride, n_parts, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """Head ``program_id(0)`` over cached positions block ``program_id(1)`` (those <= pos): unnormalized sums."""
+    head, block = tl.program_id(0), tl.program_id(1)
+    heads = tl.num_programs(0)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    d = tl.arange(0, HEAD_DIM)
+    at = block * BLOCK_L + tl.arange(0, BLOCK_L)
+    ok = at <= tl.load(pos_ptr)
+    q = tl.load(q_ptr + head * HEAD_DIM + d) * scale
+    offs = head * cache_stride + at[:, None] * HEAD_DIM + d[None, :]
+    k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
+    s = tl.where(ok, tl.sum(k * q[None, :], 1), float("-inf"))
+    m = tl.max(s, 0)
+    p = tl.where(ok, tl.exp(s - m), 0.0)
+    tl.store(acc_ptr + block * heads * HEAD_DIM + head * HEAD_DIM + d, tl.sum(p[:, None] * v, 0))
+    tl.store(ml_ptr + block * heads + head, m)
+    tl.store(ml_ptr + (n_parts + block) * heads + head, tl.sum(p, 0))
+
+
+@_jit
+def _pick_kernel(part_ptr, n_parts, tok_ptr, pos_ptr, out_ptr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """Finish the argmax over the output layer's blocks; write the token at pos + 1, feed it, advance pos."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    offs = tl.arange(0, BLOCK)
+    best = tl.argmax(tl.load(part_ptr + offs, mask=offs < n_parts, other=float("-inf")), 0)
+    token = tl.load(part_ptr + n_parts + best).to(tl.int64)
+    pos = tl.load(pos_ptr)
+    tl.store(out_ptr + pos + 1, token)
+    tl.store(tok_ptr, token)
+    tl.store(pos_ptr, pos + 1)
 
 
 class FastGPT2(nn.Module):
@@ -138,6 +294,9 @@ class FastGPT2(nn.Module):
     ``matvec``: one-row matrix products as multiply-and-sum (see ``matvec``); ``"auto"`` uses it when the
     step is compiled on a GPU. ``graph_steps`` (GPU, greedy): capture that many decode steps, token choice
     included, in one CUDA graph, so Python launches one graph per ``graph_steps`` tokens.
+    ``kernels``: greedy decoding at batch 1 runs the hand-written Triton step (see the module docstring),
+    ``graph_steps`` steps per CUDA graph; ``"auto"`` uses it on a GPU with Triton, float weights and
+    ``graph_steps > 1``. Other batches and sampling use the compiled step.
     """
 
     def __init__(
@@ -149,6 +308,7 @@ class FastGPT2(nn.Module):
         compile="auto",
         matvec="auto",
         graph_steps: int = 0,
+        kernels="auto",
     ):
         super().__init__()
         cfg = model.config
@@ -195,6 +355,13 @@ class FastGPT2(nn.Module):
             if isinstance(layer, Linear):
                 layer.matvec = bool(matvec)
         self._decode = None
+        # Triton's interpreter (TRITON_INTERPRET=1) runs the kernels on a CPU, one step at a time: for tests
+        runnable = triton is not None and (on_gpu or os.environ.get("TRITON_INTERPRET") == "1")
+        if kernels == "auto":
+            kernels = runnable and on_gpu and self.graph_steps > 1 and not int8
+        elif kernels and not (runnable and not int8):
+            raise ValueError("kernels=True needs Triton, a CUDA GPU and float weights (not int8).")
+        self.kernels = bool(kernels)
 
     def weight_bytes(self) -> int:
         """Bytes of weights one decode step reads (tied weights once; the KV cache not included).
@@ -231,6 +398,22 @@ class FastGPT2(nn.Module):
         self._graphs = {}
         self._batch, self._length = batch, length
         self._decode = None  # new shapes: compile again
+        if self.kernels and batch == 1:
+            self._workspace()
+
+    def _workspace(self) -> None:
+        """Buffers of the hand-written step: activations (fp32) and the blocks of attention and of the argmax."""
+        cfg, f32 = self.config, dict(device=self.device, dtype=torch.float32)
+        c, heads = cfg.n_embd, cfg.n_head
+        block_l = max(32, triton.next_power_of_2(triton.cdiv(self._length, 4)))  # at most 4 blocks of positions
+        n_att = triton.cdiv(self._length, block_l)
+        n_head = triton.cdiv(cfg.vocab_size, KERNEL_CONFIGS["head"][0])
+        self._ws = types.SimpleNamespace(
+            x=torch.zeros(c, **f32), x2=torch.zeros(c, **f32), q=torch.zeros(c, **f32), h=torch.zeros(4 * c, **f32),
+            att=torch.zeros(n_att, c, **f32), att_ml=torch.zeros(2, n_att, heads, **f32), block_l=block_l,
+            logits=torch.zeros(cfg.vocab_size, **f32), best=torch.zeros(2, n_head, **f32),
+            pdl=PDL and self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 9,
+        )  # fmt: skip
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Logits of the last position for tokens ``ids`` (B, T) at cache positions ``pos`` (T,)."""
@@ -275,6 +458,39 @@ class FastGPT2(nn.Module):
         restricted to the ``top_k`` most likely when given, with a generator seeded by ``seed``.
         ``attention_mask`` (B, T) marks real tokens with 1; padding must be on the left.
         """
+        ids, total, gen = self._prepare(input_ids, max_new_tokens, attention_mask, temperature, top_k, seed)
+        b, t = ids.shape
+        if temperature == 0 and (self.graph_steps > 1 or (self.kernels and b == 1)):
+            return self._generate_graphed(ids, total)
+        out = torch.empty(b, total, dtype=torch.long, device=self.device)
+        out[:, :t] = ids
+        for i, nxt in enumerate(self._tokens(ids, total, temperature, top_k, gen), start=t):
+            out[:, i] = nxt
+        return out
+
+    @torch.no_grad()
+    def stream(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ):
+        """Yield the new tokens one at a time, a (B,) tensor each, as they are made: to show text as it is typed.
+
+        Same tokens as ``generate`` (one compiled step per token). The KV cache is sized in blocks of
+        ``STREAM_BLOCK`` positions, so prompts of different lengths reuse one compiled step instead of
+        compiling again for every total length (positions past the end are masked out).
+        """
+        need = input_ids.shape[-1] + max_new_tokens
+        length = min(self.config.n_positions, -(-need // STREAM_BLOCK) * STREAM_BLOCK)
+        ids, total, gen = self._prepare(input_ids, max_new_tokens, None, temperature, top_k, seed, length=length)
+        yield from self._tokens(ids, total, temperature, top_k, gen)
+
+    def _prepare(self, input_ids, max_new_tokens, attention_mask, temperature, top_k, seed, length=None):
+        """Check the arguments, size the KV cache (at least ``length`` positions) and set the padding."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}.")
         b, t = input_ids.shape
@@ -286,7 +502,7 @@ class FastGPT2(nn.Module):
             )
         if temperature < 0 or (top_k is not None and top_k < 1):
             raise ValueError("temperature must be >= 0 and top_k >= 1.")
-        self._allocate(b, total)
+        self._allocate(b, max(total, length or 0))
         ids = input_ids.to(self.device)
         if attention_mask is None:
             self.pad.zero_()
@@ -299,31 +515,78 @@ class FastGPT2(nn.Module):
         if temperature > 0:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(torch.seed() if seed is None else seed)
-        if self.graph_steps > 1 and temperature == 0:
-            return self._generate_graphed(ids, total)
-        out = torch.empty(b, total, dtype=torch.long, device=self.device)
-        out[:, :t] = ids
-        logits = self.forward(ids, self.arange[:t])  # prefill: the whole prompt at once, eager
+        return ids, total, gen
+
+    def _tokens(self, ids, total, temperature, top_k, gen):
+        """The new tokens in turn: the prompt in one eager pass, then one (compiled) step per token."""
+        t = ids.shape[1]
+        logits = self.forward(ids, self.arange[:t])
         step = self._step()
         for i in range(t, total):
-            out[:, i] = self._pick(logits, temperature, top_k, gen)
+            nxt = self._pick(logits, temperature, top_k, gen)
+            yield nxt
             if i + 1 < total:
                 if self.uses_cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
-                logits = step(out[:, i : i + 1], self.arange[i : i + 1])
-        return out
+                logits = step(nxt.view(-1, 1), self.arange[i : i + 1])
+
+    def _greedy_step(self) -> None:
+        """One greedy decode step of the compiled model: reads ``_tok`` at ``_pos``, writes the next token."""
+        nxt = self._step()(self._tok, self._pos).argmax(-1, keepdim=True)
+        self._pos.add_(1)
+        self._out.index_copy_(1, self._pos, nxt)  # the new token goes at the next position
+        self._tok.copy_(nxt)
+
+    def _rowdot(self, site, x, layer, y, *, ln=None, res=None, embed=False, merge=False, kv=None, argmax=False):
+        ws, w = self._ws, layer.weight
+        n, k = w.shape
+        rows, warps = KERNEL_CONFIGS[site]
+        part = ws.att_ml if merge else ws.best
+        _rowdot_kernel[(triton.cdiv(n, rows),)](
+            x, w, w if layer.bias is None else layer.bias, w if res is None else res, y,
+            w if ln is None else ln.weight, w if ln is None else ln.bias,
+            self._tok, self._pos, self.head.weight, self.wpe.weight,
+            w if kv is None else kv[0], w if kv is None else kv[1], self._length * (k // self.config.n_head),
+            part, part.shape[-2] if merge else part.shape[-1],
+            n, 0.0 if ln is None else ln.eps,
+            K=k, HEAD_DIM=k // self.config.n_head,
+            EMBED=embed, MERGE=merge, LN=ln is not None, BIAS=layer.bias is not None, GELU=site == "fc",
+            RES=res is not None, QKV=kv is not None, ARGMAX=argmax, PDL=ws.pdl,
+            BLOCK_N=rows, BLOCK_K=triton.next_power_of_2(k), BLOCK_P=triton.next_power_of_2(ws.att.shape[0]),
+            num_warps=warps, **({"launch_pdl": True} if ws.pdl else {}),
+        )  # fmt: skip
+
+    def _kernel_step(self) -> None:
+        """One greedy decode step at batch 1 in 5 Triton kernels a layer plus 2: reads ``_tok`` at ``_pos``,
+        writes the keys and values at ``_pos``, the next token at ``_pos + 1`` of ``_out`` and into ``_tok``,
+        and advances ``_pos``; everything stays on the GPU, so steps can be captured in one CUDA graph."""
+        ws, cfg = self._ws, self.config
+        head_dim = cfg.n_embd // cfg.n_head
+        pdl = {"launch_pdl": True} if ws.pdl else {}
+        for i, block in enumerate(self.blocks):
+            cache = (self.k_cache[i, 0], self.v_cache[i, 0])
+            self._rowdot("qkv", ws.x, block.qkv, ws.q, ln=block.ln_1, embed=i == 0, kv=cache)
+            _attention_kernel[(cfg.n_head, ws.att.shape[0])](
+                ws.q, *cache, ws.att, ws.att_ml, self._pos, self._length * head_dim, ws.att.shape[0],
+                1 / math.sqrt(head_dim), HEAD_DIM=head_dim, BLOCK_L=ws.block_l, PDL=ws.pdl, num_warps=4, **pdl,
+            )  # fmt: skip
+            self._rowdot("proj", ws.att, block.proj, ws.x2, res=ws.x, merge=True)
+            self._rowdot("fc", ws.x2, block.fc, ws.h, ln=block.ln_2)
+            self._rowdot("out", ws.h, block.out, ws.x, res=ws.x2)
+        self._rowdot("head", ws.x, self.head, ws.logits, ln=self.ln_f, argmax=True)
+        n = ws.best.shape[1]
+        _pick_kernel[(1,)](
+            ws.best, n, self._tok, self._pos, self._out, BLOCK=triton.next_power_of_2(n), PDL=ws.pdl, num_warps=8, **pdl
+        )
 
     def _graph(self, k: int) -> torch.cuda.CUDAGraph:
         """A CUDA graph of ``k`` greedy decode steps that read and write the module's buffers only."""
         if k not in self._graphs:
-            step = self._step()
+            step = self._kernel_step if self.kernels and self._batch == 1 else self._greedy_step
 
             def steps():
                 for _ in range(k):
-                    nxt = step(self._tok, self._pos).argmax(-1, keepdim=True)
-                    self._pos.add_(1)
-                    self._out.index_copy_(1, self._pos, nxt)  # the new token goes at the next position
-                    self._tok.copy_(nxt)
+                    step()
 
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -340,20 +603,28 @@ class FastGPT2(nn.Module):
         return self._graphs[k]
 
     def _generate_graphed(self, ids: torch.Tensor, total: int) -> torch.Tensor:
-        """Greedy decoding with ``graph_steps`` decode steps replayed per CUDA graph launch."""
+        """Greedy decoding with ``graph_steps`` decode steps (at least 1) replayed per CUDA graph launch."""
         t = ids.shape[1]
-        k = min(self.graph_steps, self._length - 1)
-        big, small = self._graph(k), self._graph(1)
+        k = min(max(self.graph_steps, 1), self._length - 1)
+        on_gpu = self.device.type == "cuda"
+        # a graph of k steps, then graphs of 8, 4, 2 and 1 steps for the rest: at most a few launches remain
+        sizes = [k] + [n for n in (8, 4, 2, 1) if n < k]
+        if on_gpu:  # capture before the prefill: capturing runs steps that move the position
+            graphs = {n: self._graph(n) for n in sizes}
         logits = self.forward(ids, self.arange[:t])  # prefill, eager
         self._out[:, :t] = ids
         self._out[:, t] = logits.argmax(-1)
         self._tok.copy_(self._out[:, t : t + 1])
         self._pos.fill_(t)
         remaining = total - t - 1
-        for _ in range(remaining // k):
-            big.replay()
-        for _ in range(remaining % k):
-            small.replay()
+        if not on_gpu:  # the kernels in Triton's interpreter (tests): no graphs, step by step
+            for _ in range(remaining):
+                self._kernel_step()
+            return self._out[:, :total].clone()
+        for n in sizes:
+            for _ in range(remaining // n):
+                graphs[n].replay()
+            remaining %= n
         return self._out[:, :total].clone()
 
     @staticmethod

@@ -5,11 +5,11 @@
     python -m helpers.ladder --model pocket --out my-ladder.json
 
 Rows: Hugging Face ``generate()`` in fp32 eager, in bf16, with a static cache (which transformers
-compiles by itself), then ``helpers.fastgen.FastGPT2`` (on a GPU compiled with CUDA graphs, and with
-``GRAPH_STEPS`` decode steps captured per CUDA graph; on a CPU eager and compiled) and FastGPT2 with int8
-weights. Each row reports decode tokens/s at batch 1, its ratio
-to the first row, and its fraction of the memory-bandwidth limit (the device's measured bandwidth
-divided by the bytes one step must read: the weights of that row plus the KV cache). bf16 rows run on
+compiles by itself), then ``helpers.fastgen.FastGPT2`` (on a GPU compiled with CUDA graphs, compiled with
+``GRAPH_STEPS`` decode steps captured per CUDA graph, and its hand-written Triton decode step with as many
+steps per graph; on a CPU eager and compiled) and FastGPT2 with int8 weights. Each row reports decode
+tokens/s at batch 1, its ratio to the first row, and its fraction of the memory-bandwidth limit (the device's
+measured bandwidth divided by the bytes one step must read: the weights of that row plus the KV cache). bf16 rows run on
 GPUs only: CPUs without bf16 matrix units run it slower than fp32, and the ladder is about speed.
 The table is printed and written as JSON (default ``results/ladder-<device>.json``).
 """
@@ -29,7 +29,7 @@ from . import bench, fastgen, models
 from . import device as devices
 from .notebook import quiet
 
-GRAPH_STEPS = 16  # decode steps captured in one CUDA graph by the last FastGPT2 row on GPUs
+GRAPH_STEPS = 16  # decode steps captured in one CUDA graph by the graph_steps rows on GPUs
 
 TARGETS = {
     "cuda": "fast decoder (bf16) >= 3000 tokens/s, >= 25% of the bandwidth limit, >= 6x the best generate() "
@@ -58,9 +58,17 @@ def _rows(hf32, hf16, on_gpu: bool):
         rows.append((f"FastGPT2, {kind}, compiled + CUDA graphs", base, lambda: fastgen.FastGPT2(base), "fast"))
         rows.append(
             (
-                f"FastGPT2, {kind}, {GRAPH_STEPS} steps per CUDA graph",
+                f"FastGPT2, {kind}, compiled, {GRAPH_STEPS} steps per CUDA graph",
                 base,
-                lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS),
+                lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels=False),
+                "fast",
+            )
+        )
+        rows.append(
+            (
+                f"FastGPT2, {kind}, Triton kernels, {GRAPH_STEPS} steps per CUDA graph",
+                base,
+                lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels=True),
                 "fast",
             )
         )

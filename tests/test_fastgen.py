@@ -47,6 +47,21 @@ def test_sampling_is_reproducible_with_a_seed(pocket):
     assert torch.equal(fast.generate(ids, 30, temperature=1.0, top_k=1, seed=3), fast.generate(ids, 30))
 
 
+def test_stream_yields_the_tokens_of_generate_and_reuses_its_cache(pocket):
+    model, tok = pocket
+    fast = fastgen.FastGPT2(model)
+    lengths = set()
+    for prompt in bench.prompts()[:3]:  # prompts of different lengths, all within one block of positions
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        streamed = torch.stack(list(fast.stream(ids, 20)), dim=1)
+        assert torch.equal(torch.cat([ids, streamed], dim=1), fast.generate(ids, 20))
+        list(fast.stream(ids, 20))
+        lengths.add(fast.k_cache.shape[3])
+    assert lengths == {fastgen.STREAM_BLOCK}  # one cache size: a compiled step would not be rebuilt
+    sampled = [torch.stack(list(fast.stream(ids, 10, temperature=1.0, seed=s)), 1) for s in (4, 4)]
+    assert torch.equal(*sampled)
+
+
 def test_compiled_step_gives_the_same_tokens(tiny_model, tokenizer):
     ids = tokenizer("def main():", return_tensors="pt")["input_ids"]
     eager = fastgen.FastGPT2(tiny_model, compile=False).generate(ids, 12)
@@ -98,3 +113,47 @@ def test_graph_steps_only_change_the_gpu_path(pocket):
     graphed = fastgen.FastGPT2(model, graph_steps=16)  # CUDA graphs are GPU-only: ignored on a CPU
     assert graphed.graph_steps == (16 if torch.cuda.is_available() else 0)
     assert torch.equal(graphed.generate(ids, 20), fastgen.FastGPT2(model).generate(ids, 20))
+
+
+def test_triton_kernels_are_for_gpus(pocket):
+    model, _ = pocket
+    assert not fastgen.FastGPT2(model, graph_steps=16).kernels  # "auto" picks them on a GPU only
+    with pytest.raises(ValueError, match="int8"):
+        fastgen.FastGPT2(model, int8=True, kernels=True)
+
+
+KERNEL_CHECK = """
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from helpers import fastgen
+
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(0.05 * torch.randn_like(p))  # LayerNorm scales and biases away from 1 and 0
+ids = torch.randint(0, 300, (1, 10))
+fast = fastgen.FastGPT2(model, kernels=True)
+assert torch.equal(fast.generate(ids, 24), fastgen.FastGPT2(model).generate(ids, 24))  # 34 positions: 2 blocks
+fast._allocate(1, 40)
+fast.pad.zero_()
+fast.forward(ids, fast.arange[:10])
+fast._tok.fill_(7)
+fast._pos.fill_(10)
+fast._kernel_step()
+logits = fast.forward(torch.tensor([[7]]), fast.arange[10:11])[0]
+torch.testing.assert_close(fast._ws.logits, logits, rtol=1e-4, atol=1e-5)
+assert fast._out[0, 11] == logits.argmax() and fast._tok.item() == logits.argmax() and fast._pos.item() == 11
+"""
+
+
+def test_triton_kernels_compute_the_same_step_in_the_interpreter():
+    """The hand-written decode step, run by Triton's interpreter on the CPU: same logits, same greedy tokens."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")  # read when the kernels are defined: a fresh process
+    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
