@@ -42,7 +42,9 @@ def entry(name: str, measure, *, model_name: str, device_name: str, notebook: st
     return {**results.record(row, notebook=notebook, technique=name), "source": "measured now"}
 
 
-def pareto(rows: list[dict], faster: str = "tok_s", better: str = "perplexity", lower_is_faster: bool = False) -> list[bool]:
+def pareto(
+    rows: list[dict], faster: str = "tok_s", better: str = "perplexity", lower_is_faster: bool = False
+) -> list[bool]:
     """For each row, whether no other row is at least as good on both axes and strictly better on one.
 
     ``faster`` is maximized (minimized with ``lower_is_faster``, e.g. for sizes), ``better`` minimized.
