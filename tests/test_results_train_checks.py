@@ -127,3 +127,10 @@ def test_loss_scale_check_explains_mistakes():
         checks.check_loss_scale(2**20, smallest_grad=1e-9, largest_grad=0.5)
     with pytest.raises(AssertionError, match="positive number"):
         checks.check_loss_scale(-1, smallest_grad=1e-9, largest_grad=0.5)
+
+
+def test_a_miss_shows_small_expected_values_readably():
+    with pytest.raises(AssertionError, match=r"expected about 0\.6 of the slot-steps"):
+        checks.check_number(1.0, 0.6, unit="of the slot-steps")
+    with pytest.raises(AssertionError, match=r"expected about 24,194 tokens/s"):
+        checks.check_number(1.0, 3.0e12 / 124e6, unit="tokens/s")
