@@ -26,6 +26,8 @@ masked, as ``generate()`` does with an ``attention_mask``.
 
     fast = FastGPT2(model, dtype=torch.bfloat16, graph_steps=16)
     out = fast.generate(input_ids, max_new_tokens=128)
+    for token in fast.stream(input_ids, 64):  # one (B,) tensor per step, as it is made (notebook 07's playground)
+        ...
 """
 
 from __future__ import annotations
