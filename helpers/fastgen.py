@@ -9,13 +9,15 @@ It takes the model's weights and decodes with the few plain ideas notebook 05 bu
   ``graph_steps=16`` records 16 greedy steps, token choice included, in one CUDA graph of its own;
 - one-row matrix products written as multiply-and-sum (``matvec``), which the compiler fuses into one
   pass over each weight at batch 1;
-- on a GPU, for greedy decoding at batch 1 with ``graph_steps``, a **hand-written decode step** of 62
-  Triton kernels instead of the compiled one (~160 kernels): one per matrix product with the LayerNorm
-  before it, its bias, GELU and residual add fused in, the keys and values written straight into the cache,
-  attention over blocks of cached positions merged inside the next product, and the argmax split between
-  the output layer and a one-block kernel. At batch 1 a step's time is the sum of its kernels' fixed costs,
-  not bytes, so fewer kernels is what counts; on Hopper each kernel is also launched early
-  (programmatic dependent launch, ``PDL``) and reads its weights while the kernel before it finishes;
+- on a GPU, for greedy decoding at batch 1 with ``graph_steps``, a **hand-written decode step** of 37
+  Triton kernels instead of the compiled one (~160 kernels), three a layer: LayerNorm + the qkv product (keys
+  and values written straight into the cache); attention of one head times that head's columns of the
+  output projection; the whole MLP (LayerNorm, first product, GELU, second product). Sums split across
+  programs meet in fp32 atomic adds (residuals and biases included), and the output layer's last program to
+  finish picks the token. At batch 1 a step's time is mostly its kernels' fixed costs, not bytes, so fewer
+  kernels is what counts; on Hopper each kernel is also launched early (programmatic dependent launch,
+  ``PDL``) and reads its weights while the kernel before it finishes. Atomic adds make the order of fp32
+  additions vary from run to run (differences near 1e-7), far below bf16's rounding;
 - any float dtype (bf16 on a GPU), and optional **int8 weights**: on a GPU, int8 weight-only with the
   dequantization fused into the matmul by the compiler; on a CPU, PyTorch's dynamic int8 kernels
   (``torch.ao``'s FBGEMM path, the fastest CPU path notebook 03 measured).
@@ -151,48 +153,42 @@ STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positio
 
 
 # --- the hand-written decode step (GPU, greedy, batch 1) -----------------------------------------------
-# Each kernel reads first what no earlier kernel writes (weights, biases, LayerNorm parameters), then waits for
-# the kernel before it (gdc_wait; with PDL it was launched before that one finished), then reads activations
-# and writes. Waits chain, so everything written by any earlier kernel is visible after the wait.
+# Three kernels a layer and one for the output layer. Each kernel reads first what no earlier kernel writes
+# (weights, biases, LayerNorm parameters), then waits for the kernel before it (gdc_wait; with PDL it was
+# launched before that one finished), then reads activations and writes. Waits chain, so everything written by
+# any earlier kernel is visible after the wait. Sums split across programs meet in fp32 atomic adds.
 
-# (rows per program, warps) of each matrix product; each program reads whole rows (K rounded up to a power of 2).
-# Picked by timing a few on an H200 (2026-11-26, GPT-2 124M, bf16): 200 us per token, against 224 us for (8, 4)
-# in fc and (2, 4) in out.
-KERNEL_CONFIGS = {"qkv": (8, 4), "proj": (4, 4), "fc": (4, 4), "out": (4, 4), "head": (16, 4)}
+# Launch configuration of each kernel: (rows per program, warps) for "qkv" and "head", (output rows per program,
+# warps) for "attn" (one head per program too), (hidden units per program, warps) for "mlp"; cached positions
+# per block of the attention (all blocks up to the cache's length are unrolled in one program).
+# Picked by timing a sweep on an H100 (2026-11-26, GPT-2 124M, bf16, 32 + 128 tokens): 186 us per token, against
+# 198-240 us for the other attention settings tried and 210 us for the earlier step of 5 kernels a layer.
+KERNEL_CONFIGS = {"qkv": (8, 4), "attn": (256, 8), "mlp": (16, 8), "head": (16, 4)}
+ATTN_BLOCK = 256
 PDL = True  # programmatic dependent launch on GPUs that have it (compute capability 9.0, Hopper, and later)
 
 
 @_jit
-def _merge_heads(
-    acc_ptr, ml_ptr, n_parts, cols, col_ok, K: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr
-):
-    """Attention output at columns ``cols`` from _attention_kernel's blocks: softmax-weighted merge of partial sums."""
-    p = tl.arange(0, BLOCK_P)
-    ok = (p < n_parts)[:, None] & col_ok[None, :]
-    idx = p[:, None] * (K // HEAD_DIM) + (cols // HEAD_DIM)[None, :]  # (block, head) of each column
-    m = tl.load(ml_ptr + idx, mask=ok, other=float("-inf"))  # each block's largest score
-    total = tl.load(ml_ptr + n_parts * (K // HEAD_DIM) + idx, mask=ok, other=0.0)  # its sum of exp(score - m)
-    acc = tl.load(acc_ptr + p[:, None] * K + cols[None, :], mask=ok, other=0.0)  # its sum of exp(score - m) v
-    top = tl.where(col_ok, tl.max(m, 0), 0.0)
-    scale = tl.exp(m - top[None, :])  # 0 for blocks past the current position (m = -inf)
-    return tl.where(col_ok, tl.sum(scale * acc, 0) / tl.sum(scale * total, 0), 0.0)
+def _layer_norm(x, gamma, beta, col_ok, K: tl.constexpr, eps):
+    centered = tl.where(col_ok, x - tl.sum(x, 0) / K, 0.0)
+    return centered / tl.sqrt(tl.sum(centered * centered, 0) / K + eps) * gamma + beta
 
 
 @_jit
 def _rowdot_kernel(
-    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, ln_w_ptr, ln_b_ptr,
-    tok_ptr, pos_ptr, wte_ptr, wpe_ptr, k_ptr, v_ptr, cache_stride, part_ptr, n_parts,
+    x_ptr, w_ptr, bias_ptr, y_ptr, ln_w_ptr, ln_b_ptr, tok_ptr, pos_ptr, wte_ptr, wpe_ptr,
+    k_ptr, v_ptr, cache_stride, next_ptr, next_bias_ptr, zero_ptr, part_ptr, n_parts, count_ptr, out_ptr,
     N, eps,
-    K: tl.constexpr, HEAD_DIM: tl.constexpr,
-    EMBED: tl.constexpr, MERGE: tl.constexpr, LN: tl.constexpr, BIAS: tl.constexpr, GELU: tl.constexpr,
-    RES: tl.constexpr, QKV: tl.constexpr, ARGMAX: tl.constexpr, PDL: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    K: tl.constexpr, HEAD_DIM: tl.constexpr, EMBED: tl.constexpr, QKV: tl.constexpr, ARGMAX: tl.constexpr,
+    PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    """``y = act(LN(x) @ w.T + bias) + res`` for one row ``x``, BLOCK_N output rows per program.
+    """``y = LN(x) @ w.T (+ bias)`` for one row ``x``, BLOCK_N output rows per program.
 
-    The input row is ``x``, or (EMBED) the token's embedding ``wte[tok] + wpe[pos]`` (also written to ``x`` for
-    the residual), or (MERGE) the attention output merged from ``x``'s partial sums. QKV: q goes to ``y``, k and
-    v into the cache at ``pos``. ARGMAX: each program also writes its best value and index to ``part``.
+    QKV (a block's first kernel): the row is ``x``, or (EMBED) the token's embedding ``wte[tok] + wpe[pos]``;
+    q goes to ``y``, k and v into the cache at ``pos``; program 0 also starts the attention's sum,
+    ``next = x + next_bias`` (the residual plus the projection's bias), and zeroes ``zero`` (the block's output).
+    ARGMAX (the output layer): each program writes its best logit and index to ``part``; the last program to
+    finish picks the token among them, writes it at ``pos + 1`` of ``out`` and into ``tok``, and advances ``pos``.
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -200,11 +196,10 @@ def _rowdot_kernel(
     row_ok = rows < N
     col_ok = cols < K
     w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-    if BIAS:
+    gamma = tl.load(ln_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    beta = tl.load(ln_b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if QKV:
         bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    if LN:
-        gamma = tl.load(ln_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        beta = tl.load(ln_b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
@@ -212,24 +207,15 @@ def _rowdot_kernel(
         tok = tl.load(tok_ptr)
         x = tl.load(wte_ptr + tok * K + cols, mask=col_ok, other=0.0).to(tl.float32)
         x += tl.load(wpe_ptr + tl.load(pos_ptr) * K + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if pid == 0:
-            tl.store(x_ptr + cols, x, mask=col_ok)
-    elif MERGE:
-        x = _merge_heads(x_ptr, part_ptr, n_parts, cols, col_ok, K, HEAD_DIM, BLOCK_P)
     else:
-        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    if LN:
-        centered = tl.where(col_ok, x - tl.sum(x, 0) / K, 0.0)
-        x = centered / tl.sqrt(tl.sum(centered * centered, 0) / K + eps) * gamma + beta
-    y = tl.sum(w.to(tl.float32) * x[None, :], 1)
-    if BIAS:
-        y += bias
-    if GELU:  # GPT-2's tanh GELU: 0.5 y (1 + tanh(u)), tanh(u) = 1 - 2 / (exp(2u) + 1)
-        u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
-        y = 0.5 * y * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
-    if RES:
-        y += tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
     if QKV:
+        if pid == 0:
+            tl.store(next_ptr + cols, x + tl.load(next_bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32), col_ok)
+            tl.store(zero_ptr + cols, tl.zeros([BLOCK_K], tl.float32), mask=col_ok)
+    y = tl.sum(w.to(tl.float32) * _layer_norm(x, gamma, beta, col_ok, K, eps)[None, :], 1)
+    if QKV:
+        y += bias
         part = rows // K  # 0: q, 1: k, 2: v
         j = rows - part * K
         head = j // HEAD_DIM
@@ -243,47 +229,85 @@ def _rowdot_kernel(
         y = tl.where(row_ok, y, float("-inf"))
         tl.store(part_ptr + pid, tl.max(y, 0))
         tl.store(part_ptr + n_parts + pid, (pid * BLOCK_N + tl.argmax(y, 0)).to(tl.float32))
+        tl.debug_barrier()  # every thread's stores before the count (released by the atomic)
+        if tl.atomic_add(count_ptr, 1, sem="acq_rel") == n_parts - 1:  # the last program: finish the argmax
+            offs = tl.arange(0, BLOCK_P)
+            best = tl.load(part_ptr + offs, mask=offs < n_parts, other=float("-inf"), volatile=True)
+            token = tl.load(part_ptr + n_parts + tl.argmax(best, 0), volatile=True).to(tl.int64)
+            pos = tl.load(pos_ptr)
+            tl.store(out_ptr + pos + 1, token)
+            tl.store(tok_ptr, token)
+            tl.store(pos_ptr, pos + 1)
+            tl.store(count_ptr, 0)
 
 
 @_jit
 def _attention_kernel(
-    q_ptr, k_ptr, v_ptr, acc_ptr, ml_ptr, pos_ptr, cache_stride, n_parts, scale,
-    HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, PDL: tl.constexpr,
+    q_ptr, k_ptr, v_ptr, w_ptr, y_ptr, pos_ptr, cache_stride, scale, N,
+    K: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, N_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
-    """Head ``program_id(0)`` over cached positions block ``program_id(1)`` (those <= pos): unnormalized sums."""
+    """Attention of head ``program_id(0)`` over the cached positions <= pos, times its columns of the output
+    projection ``w`` at rows block ``program_id(1)``, added to ``y`` (which holds the residual plus bias)."""
     head, block = tl.program_id(0), tl.program_id(1)
-    heads = tl.num_programs(0)
+    d = tl.arange(0, HEAD_DIM)
+    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    w = tl.load(w_ptr + rows[:, None] * K + head * HEAD_DIM + d[None, :], mask=(rows < N)[:, None], other=0.0)
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
-    d = tl.arange(0, HEAD_DIM)
-    at = block * BLOCK_L + tl.arange(0, BLOCK_L)
-    ok = at <= tl.load(pos_ptr)
+    pos = tl.load(pos_ptr)
     q = tl.load(q_ptr + head * HEAD_DIM + d) * scale
-    offs = head * cache_stride + at[:, None] * HEAD_DIM + d[None, :]
-    k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
-    s = tl.where(ok, tl.sum(k * q[None, :], 1), float("-inf"))
-    m = tl.max(s, 0)
-    p = tl.where(ok, tl.exp(s - m), 0.0)
-    tl.store(acc_ptr + block * heads * HEAD_DIM + head * HEAD_DIM + d, tl.sum(p[:, None] * v, 0))
-    tl.store(ml_ptr + block * heads + head, m)
-    tl.store(ml_ptr + (n_parts + block) * heads + head, tl.sum(p, 0))
+    # blocks of cached positions, unrolled, so that all their loads can be in flight at once (positions past pos
+    # are masked: they read nothing); the first block sets the running max, later ones rescale (online softmax)
+    m = tl.full([], -1e30, tl.float32)
+    total = tl.zeros([], tl.float32)
+    acc = tl.zeros([HEAD_DIM], tl.float32)
+    for block_l in tl.static_range(N_BLOCKS):
+        at = block_l * BLOCK_L + tl.arange(0, BLOCK_L)
+        ok = at <= pos
+        offs = head * cache_stride + at[:, None] * HEAD_DIM + d[None, :]
+        k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
+        s = tl.where(ok, tl.sum(k * q[None, :], 1), -1e30)
+        top = tl.maximum(m, tl.max(s, 0))
+        p = tl.where(ok, tl.exp(s - top), 0.0)
+        shrink = tl.exp(m - top)
+        total = total * shrink + tl.sum(p, 0)
+        acc = acc * shrink + tl.sum(p[:, None] * v, 0)
+        m = top
+    y = tl.sum(w.to(tl.float32) * (acc / total)[None, :], 1)
+    tl.atomic_add(y_ptr + rows, y, mask=rows < N, sem="relaxed")
 
 
 @_jit
-def _pick_kernel(part_ptr, n_parts, tok_ptr, pos_ptr, out_ptr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """Finish the argmax over the output layer's blocks; write the token at pos + 1, feed it, advance pos."""
+def _mlp_kernel(
+    x_ptr, fc_w_ptr, fc_b_ptr, out_w_ptr, out_b_ptr, ln_w_ptr, ln_b_ptr, y_ptr, H, eps,
+    K: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """GPT-2's MLP for hidden units block ``program_id(0)``: ``gelu(LN(x) @ fc.T + b)`` times the matching
+    columns of ``out``, added to ``y`` (zeroed by the block's first kernel); program 0 also adds ``x + out_b``."""
+    pid = tl.program_id(0)
+    hid = pid * BLOCK_H + tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_K)
+    hid_ok, col_ok = hid < H, cols < K
+    both = hid_ok[:, None] & col_ok[None, :]
+    w_in = tl.load(fc_w_ptr + hid[:, None] * K + cols[None, :], mask=both, other=0.0)  # (hidden, K)
+    w_out = tl.load(out_w_ptr + cols[None, :] * H + hid[:, None], mask=both, other=0.0)  # out's columns, (hidden, K)
+    b_in = tl.load(fc_b_ptr + hid, mask=hid_ok, other=0.0).to(tl.float32)
+    gamma = tl.load(ln_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    beta = tl.load(ln_b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
-    offs = tl.arange(0, BLOCK)
-    best = tl.argmax(tl.load(part_ptr + offs, mask=offs < n_parts, other=float("-inf")), 0)
-    token = tl.load(part_ptr + n_parts + best).to(tl.int64)
-    pos = tl.load(pos_ptr)
-    tl.store(out_ptr + pos + 1, token)
-    tl.store(tok_ptr, token)
-    tl.store(pos_ptr, pos + 1)
+    x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
+    h = tl.sum(w_in.to(tl.float32) * _layer_norm(x, gamma, beta, col_ok, K, eps)[None, :], 1) + b_in
+    u = 0.7978845608028654 * (h + 0.044715 * h * h * h)  # GPT-2's tanh GELU, tanh(u) = 1 - 2 / (exp(2u) + 1)
+    h = tl.where(hid_ok, 0.5 * h * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)), 0.0)
+    y = tl.sum(w_out.to(tl.float32) * h[:, None], 0)
+    if pid == 0:
+        y += x + tl.load(out_b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tl.atomic_add(y_ptr + cols, y, mask=col_ok, sem="relaxed")
 
 
 class FastGPT2(nn.Module):
@@ -364,6 +388,7 @@ class FastGPT2(nn.Module):
         elif kernels and not (runnable and not int8):
             raise ValueError("kernels=True needs Triton, a CUDA GPU and float weights (not int8).")
         self.kernels = bool(kernels)
+        self._ws = None
 
     def weight_bytes(self) -> int:
         """Bytes of weights one decode step reads (tied weights once; the KV cache not included).
@@ -400,20 +425,16 @@ class FastGPT2(nn.Module):
         self._graphs = {}
         self._batch, self._length = batch, length
         self._decode = None  # new shapes: compile again
-        if self.kernels and batch == 1:
-            self._workspace()
 
     def _workspace(self) -> None:
-        """Buffers of the hand-written step: activations (fp32) and the blocks of attention and of the argmax."""
+        """Buffers of the hand-written step: activations (fp32), the output layer's blocks and their count."""
         cfg, f32 = self.config, dict(device=self.device, dtype=torch.float32)
-        c, heads = cfg.n_embd, cfg.n_head
-        block_l = max(32, triton.next_power_of_2(triton.cdiv(self._length, 4)))  # at most 4 blocks of positions
-        n_att = triton.cdiv(self._length, block_l)
+        c = cfg.n_embd
         n_head = triton.cdiv(cfg.vocab_size, KERNEL_CONFIGS["head"][0])
         self._ws = types.SimpleNamespace(
-            x=torch.zeros(c, **f32), x2=torch.zeros(c, **f32), q=torch.zeros(c, **f32), h=torch.zeros(4 * c, **f32),
-            att=torch.zeros(n_att, c, **f32), att_ml=torch.zeros(2, n_att, heads, **f32), block_l=block_l,
-            logits=torch.zeros(cfg.vocab_size, **f32), best=torch.zeros(2, n_head, **f32),
+            x=torch.zeros(2, c, **f32),  # a block's input and output, in turn
+            x2=torch.zeros(c, **f32), q=torch.zeros(c, **f32), logits=torch.zeros(cfg.vocab_size, **f32),
+            best=torch.zeros(2, n_head, **f32), count=torch.zeros(1, dtype=torch.int32, device=self.device),
             pdl=PDL and self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 9,
         )  # fmt: skip
 
@@ -539,47 +560,50 @@ class FastGPT2(nn.Module):
         self._out.index_copy_(1, self._pos, nxt)  # the new token goes at the next position
         self._tok.copy_(nxt)
 
-    def _rowdot(self, site, x, layer, y, *, ln=None, res=None, embed=False, merge=False, kv=None, argmax=False):
+    def _rowdot(self, site, x, layer, y, ln, *, embed=False, kv=None, next_=None, zero=None):
         ws, w = self._ws, layer.weight
         n, k = w.shape
         rows, warps = KERNEL_CONFIGS[site]
-        part = ws.att_ml if merge else ws.best
         _rowdot_kernel[(triton.cdiv(n, rows),)](
-            x, w, w if layer.bias is None else layer.bias, w if res is None else res, y,
-            w if ln is None else ln.weight, w if ln is None else ln.bias,
+            x, w, w if layer.bias is None else layer.bias, y, ln.weight, ln.bias,
             self._tok, self._pos, self.head.weight, self.wpe.weight,
             w if kv is None else kv[0], w if kv is None else kv[1], self._length * (k // self.config.n_head),
-            part, part.shape[-2] if merge else part.shape[-1],
-            n, 0.0 if ln is None else ln.eps,
-            K=k, HEAD_DIM=k // self.config.n_head,
-            EMBED=embed, MERGE=merge, LN=ln is not None, BIAS=layer.bias is not None, GELU=site == "fc",
-            RES=res is not None, QKV=kv is not None, ARGMAX=argmax, PDL=ws.pdl,
-            BLOCK_N=rows, BLOCK_K=triton.next_power_of_2(k), BLOCK_P=triton.next_power_of_2(ws.att.shape[0]),
+            x if next_ is None else next_[0], w if next_ is None else next_[1], x if zero is None else zero,
+            ws.best, ws.best.shape[1], ws.count, self._out, n, ln.eps,
+            K=k, HEAD_DIM=k // self.config.n_head, EMBED=embed, QKV=kv is not None, ARGMAX=site == "head",
+            PDL=ws.pdl, BLOCK_N=rows, BLOCK_K=triton.next_power_of_2(k),
+            BLOCK_P=triton.next_power_of_2(ws.best.shape[1]),
             num_warps=warps, **({"launch_pdl": True} if ws.pdl else {}),
         )  # fmt: skip
 
     def _kernel_step(self) -> None:
-        """One greedy decode step at batch 1 in 5 Triton kernels a layer plus 2: reads ``_tok`` at ``_pos``,
+        """One greedy decode step at batch 1 in 3 Triton kernels a layer plus 1: reads ``_tok`` at ``_pos``,
         writes the keys and values at ``_pos``, the next token at ``_pos + 1`` of ``_out`` and into ``_tok``,
         and advances ``_pos``; everything stays on the GPU, so steps can be captured in one CUDA graph."""
         ws, cfg = self._ws, self.config
-        head_dim = cfg.n_embd // cfg.n_head
+        c, head_dim = cfg.n_embd, cfg.n_embd // cfg.n_head
         pdl = {"launch_pdl": True} if ws.pdl else {}
         for i, block in enumerate(self.blocks):
+            x, out = ws.x[i % 2], ws.x[(i + 1) % 2]
             cache = (self.k_cache[i, 0], self.v_cache[i, 0])
-            self._rowdot("qkv", ws.x, block.qkv, ws.q, ln=block.ln_1, embed=i == 0, kv=cache)
-            _attention_kernel[(cfg.n_head, ws.att.shape[0])](
-                ws.q, *cache, ws.att, ws.att_ml, self._pos, self._length * head_dim, ws.att.shape[0],
-                1 / math.sqrt(head_dim), HEAD_DIM=head_dim, BLOCK_L=ws.block_l, PDL=ws.pdl, num_warps=4, **pdl,
+            self._rowdot(
+                "qkv", x, block.qkv, ws.q, block.ln_1, embed=i == 0, kv=cache, next_=(ws.x2, block.proj.bias), zero=out
+            )
+            rows, warps = KERNEL_CONFIGS["attn"]
+            block_l = min(ATTN_BLOCK, triton.next_power_of_2(self._length))
+            _attention_kernel[(cfg.n_head, triton.cdiv(c, rows))](
+                ws.q, *cache, block.proj.weight, ws.x2, self._pos, self._length * head_dim, 1 / math.sqrt(head_dim), c,
+                K=c, HEAD_DIM=head_dim, BLOCK_L=block_l, N_BLOCKS=triton.cdiv(self._length, block_l),
+                BLOCK_N=rows, PDL=ws.pdl, num_warps=warps, **pdl,
             )  # fmt: skip
-            self._rowdot("proj", ws.att, block.proj, ws.x2, res=ws.x, merge=True)
-            self._rowdot("fc", ws.x2, block.fc, ws.h, ln=block.ln_2)
-            self._rowdot("out", ws.h, block.out, ws.x, res=ws.x2)
-        self._rowdot("head", ws.x, self.head, ws.logits, ln=self.ln_f, argmax=True)
-        n = ws.best.shape[1]
-        _pick_kernel[(1,)](
-            ws.best, n, self._tok, self._pos, self._out, BLOCK=triton.next_power_of_2(n), PDL=ws.pdl, num_warps=8, **pdl
-        )
+            hidden, warps = KERNEL_CONFIGS["mlp"]
+            n_hidden = block.fc.weight.shape[0]
+            _mlp_kernel[(triton.cdiv(n_hidden, hidden),)](
+                ws.x2, block.fc.weight, block.fc.bias, block.out.weight, block.out.bias, block.ln_2.weight,
+                block.ln_2.bias, out, n_hidden, block.ln_2.eps,
+                K=c, BLOCK_H=hidden, BLOCK_K=triton.next_power_of_2(c), PDL=ws.pdl, num_warps=warps, **pdl,
+            )  # fmt: skip
+        self._rowdot("head", ws.x[len(self.blocks) % 2], self.head, ws.logits, self.ln_f)
 
     def _graph(self, k: int) -> torch.cuda.CUDAGraph:
         """A CUDA graph of ``k`` greedy decode steps that read and write the module's buffers only."""
@@ -609,6 +633,8 @@ class FastGPT2(nn.Module):
         t = ids.shape[1]
         k = min(max(self.graph_steps, 1), self._length - 1)
         on_gpu = self.device.type == "cuda"
+        if self.kernels and self._batch == 1 and self._ws is None:
+            self._workspace()  # the hand-written step's buffers: the same for every cache length
         # a graph of k steps, then graphs of 8, 4, 2 and 1 steps for the rest: at most a few launches remain
         sizes = [k] + [n for n in (8, 4, 2, 1) if n < k]
         if on_gpu:  # capture before the prefill: capturing runs steps that move the position

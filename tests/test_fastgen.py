@@ -132,9 +132,13 @@ model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_
 with torch.no_grad():
     for p in model.parameters():
         p.add_(0.05 * torch.randn_like(p))  # LayerNorm scales and biases away from 1 and 0
+    for block in model.transformer.h:
+        block.attn.c_attn.weight.mul_(10)  # sharp attention: its blocks' running maxima differ
 ids = torch.randint(0, 300, (1, 10))
+fastgen.ATTN_BLOCK = 16  # 34 positions: attention runs over 3 blocks of the cache
+fastgen.KERNEL_CONFIGS.update(attn=(8, 4), mlp=(16, 4))  # 4 programs per head, 8 for the MLP: their sums meet
 fast = fastgen.FastGPT2(model, kernels=True)
-assert torch.equal(fast.generate(ids, 24), fastgen.FastGPT2(model).generate(ids, 24))  # 34 positions: 2 blocks
+assert torch.equal(fast.generate(ids, 24), fastgen.FastGPT2(model).generate(ids, 24))
 fast._allocate(1, 40)
 fast.pad.zero_()
 fast.forward(ids, fast.arange[:10])
