@@ -383,10 +383,14 @@ class FastGPT2(nn.Module):
         self._decode = None
         # Triton's interpreter (TRITON_INTERPRET=1) runs the kernels on a CPU, one step at a time: for tests
         runnable = triton is not None and (on_gpu or os.environ.get("TRITON_INTERPRET") == "1")
+        head_dim = cfg.n_embd // cfg.n_head
+        fits = head_dim & (head_dim - 1) == 0  # the kernels index a head with tl.arange: a power of 2
         if kernels == "auto":
-            kernels = runnable and on_gpu and self.graph_steps > 1 and not int8
+            kernels = runnable and on_gpu and self.graph_steps > 1 and not int8 and fits
         elif kernels and not (runnable and not int8):
             raise ValueError("kernels=True needs Triton, a CUDA GPU and float weights (not int8).")
+        elif kernels and not fits:
+            raise ValueError(f"kernels=True needs a head size that is a power of 2; this model's is {head_dim}.")
         self.kernels = bool(kernels)
         self._ws = None
 

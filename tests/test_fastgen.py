@@ -148,6 +148,12 @@ fast._kernel_step()
 logits = fast.forward(torch.tensor([[7]]), fast.arange[10:11])[0]
 torch.testing.assert_close(fast._ws.logits, logits, rtol=1e-4, atol=1e-5)
 assert fast._out[0, 11] == logits.argmax() and fast._tok.item() == logits.argmax() and fast._pos.item() == 11
+odd = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=48, n_layer=1, n_head=2)).eval()
+try:
+    fastgen.FastGPT2(odd, kernels=True)
+    raise AssertionError("a head size of 24 was accepted")
+except ValueError as e:
+    assert "power of 2" in str(e), e
 """
 
 
