@@ -5,19 +5,23 @@ It takes the model's weights and decodes with the few plain ideas notebook 05 bu
 - a **static KV cache**: keys and values live in preallocated buffers of the module, written in place
   at each position, so every decode step has the same shapes;
 - **one compiled decode step** (``torch.compile``) of fixed shapes, with **CUDA graphs** on a GPU
-  (``TUNED_CUDA_GRAPHS``): a whole step is replayed as one launch instead of ~100 Python-driven ones;
+  (``TUNED_CUDA_GRAPHS``): a whole step is replayed as one launch instead of ~160 kernel launches;
   ``graph_steps=16`` records 16 greedy steps, token choice included, in one CUDA graph of its own;
 - one-row matrix products written as multiply-and-sum (``matvec``), which the compiler fuses into one
   pass over each weight at batch 1;
-- on a GPU, for greedy decoding at batch 1 with ``graph_steps``, a **hand-written decode step** of 37
-  Triton kernels instead of the compiled one (~160 kernels), three a layer: LayerNorm + the qkv product (keys
-  and values written straight into the cache); attention of one head times that head's columns of the
-  output projection; the whole MLP (LayerNorm, first product, GELU, second product). Sums split across
-  programs meet in fp32 atomic adds (residuals and biases included), and the output layer's last program to
-  finish picks the token. At batch 1 a step's time is mostly its kernels' fixed costs, not bytes, so fewer
-  kernels is what counts; on Hopper each kernel is also launched early (programmatic dependent launch,
-  ``PDL``) and reads its weights while the kernel before it finishes. Atomic adds make the order of fp32
-  additions vary from run to run (differences near 1e-7), far below bf16's rounding;
+- on a GPU, for greedy decoding at batch 1 with ``graph_steps``, a **hand-written decode step** of Triton
+  kernels instead of the compiled one (~160 kernels for GPT-2): three a layer plus one, 37 for GPT-2's 12
+  layers. Kernel 1: LayerNorm + the q, k, v product (keys and values written straight into the cache);
+  kernel 2: attention of one head times that head's columns of the output projection; kernel 3: the whole
+  MLP (LayerNorm, first product, GELU, second product); last, the output layer, whose last program to finish
+  picks the token. Where programs split a sum (the attention's heads, the MLP's hidden units) their parts
+  meet in fp32 atomic adds into a buffer that starts as the residual plus the bias. At batch 1 a step's time
+  is mostly its kernels' fixed costs, not bytes, so fewer kernels is what counts; on Hopper each kernel is
+  also launched early (programmatic dependent launch, ``PDL``) and reads its weights while the kernel before
+  it finishes. Activations stay in fp32, and atomic adds make the order of their additions vary from run to
+  run (relative differences near 1e-7): a greedy choice between two logits that tie that closely could
+  differ between runs. Tested against the eager step in Triton's interpreter (tokens and logits); on an H100
+  its 128 greedy tokens matched the eager bf16 decoder's in every run of 2026-11-26;
 - any float dtype (bf16 on a GPU), and optional **int8 weights**: on a GPU, int8 weight-only with the
   dequantization fused into the matmul by the compiler; on a CPU, PyTorch's dynamic int8 kernels
   (``torch.ao``'s FBGEMM path, the fastest CPU path notebook 03 measured).
@@ -160,7 +164,8 @@ STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positio
 
 # Launch configuration of each kernel: (rows per program, warps) for "qkv" and "head", (output rows per program,
 # warps) for "attn" (one head per program too), (hidden units per program, warps) for "mlp"; cached positions
-# per block of the attention (all blocks up to the cache's length are unrolled in one program).
+# per block of the attention (all blocks up to the cache's length are unrolled in one program; timed at 160
+# positions only: longer caches unroll more blocks).
 # Picked by timing a sweep on an H100 (2026-11-26, GPT-2 124M, bf16, 32 + 128 tokens): 186 us per token, against
 # 198-240 us for the other attention settings tried and 210 us for the earlier step of 5 kernels a layer.
 KERNEL_CONFIGS = {"qkv": (8, 4), "attn": (256, 8), "mlp": (16, 8), "head": (16, 4)}
@@ -228,7 +233,7 @@ def _rowdot_kernel(
     if ARGMAX:
         y = tl.where(row_ok, y, float("-inf"))
         tl.store(part_ptr + pid, tl.max(y, 0))
-        tl.store(part_ptr + n_parts + pid, (pid * BLOCK_N + tl.argmax(y, 0)).to(tl.float32))
+        tl.store(part_ptr + n_parts + pid, (pid * BLOCK_N + tl.argmax(y, 0)).to(tl.float32))  # exact below 2**24
         tl.debug_barrier()  # every thread's stores before the count (released by the atomic)
         if tl.atomic_add(count_ptr, 1, sem="acq_rel") == n_parts - 1:  # the last program: finish the argmax
             offs = tl.arange(0, BLOCK_P)
@@ -248,7 +253,11 @@ def _attention_kernel(
     PDL: tl.constexpr,
 ):  # fmt: skip
     """Attention of head ``program_id(0)`` over the cached positions <= pos, times its columns of the output
-    projection ``w`` at rows block ``program_id(1)``, added to ``y`` (which holds the residual plus bias)."""
+    projection ``w`` at rows block ``program_id(1)``, added to ``y`` (which holds the residual plus bias).
+
+    Each of a head's programs computes that head's attention again (3 times for GPT-2 with 256 rows per program):
+    reading its keys and values is cheap next to reading the projection's weights at the lengths timed (160).
+    """
     head, block = tl.program_id(0), tl.program_id(1)
     d = tl.arange(0, HEAD_DIM)
     rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -434,11 +443,11 @@ class FastGPT2(nn.Module):
         """Buffers of the hand-written step: activations (fp32), the output layer's blocks and their count."""
         cfg, f32 = self.config, dict(device=self.device, dtype=torch.float32)
         c = cfg.n_embd
-        n_head = triton.cdiv(cfg.vocab_size, KERNEL_CONFIGS["head"][0])
+        n_parts = triton.cdiv(cfg.vocab_size, KERNEL_CONFIGS["head"][0])  # programs of the output layer
         self._ws = types.SimpleNamespace(
             x=torch.zeros(2, c, **f32),  # a block's input and output, in turn
             x2=torch.zeros(c, **f32), q=torch.zeros(c, **f32), logits=torch.zeros(cfg.vocab_size, **f32),
-            best=torch.zeros(2, n_head, **f32), count=torch.zeros(1, dtype=torch.int32, device=self.device),
+            best=torch.zeros(2, n_parts, **f32), count=torch.zeros(1, dtype=torch.int32, device=self.device),
             pdl=PDL and self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 9,
         )  # fmt: skip
 
@@ -487,6 +496,11 @@ class FastGPT2(nn.Module):
         """
         ids, total, gen = self._prepare(input_ids, max_new_tokens, attention_mask, temperature, top_k, seed)
         b, t = ids.shape
+        if b == 1 and attention_mask is not None and int(self.pad[0]) > 0:
+            # one sequence: its left padding is simply dropped (the hand-written step assumes none), then put back
+            pad = int(self.pad[0])
+            out = self.generate(ids[:, pad:], max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+            return torch.cat([ids[:, :pad], out], 1)
         if temperature == 0 and (self.graph_steps > 1 or (self.kernels and b == 1)):
             return self._generate_graphed(ids, total)
         out = torch.empty(b, total, dtype=torch.long, device=self.device)
@@ -588,11 +602,12 @@ class FastGPT2(nn.Module):
         c, head_dim = cfg.n_embd, cfg.n_embd // cfg.n_head
         pdl = {"launch_pdl": True} if ws.pdl else {}
         for i, block in enumerate(self.blocks):
-            x, out = ws.x[i % 2], ws.x[(i + 1) % 2]
+            x_in, x_out = ws.x[i % 2], ws.x[(i + 1) % 2]  # the block's input and output residuals
             cache = (self.k_cache[i, 0], self.v_cache[i, 0])
             self._rowdot(
-                "qkv", x, block.qkv, ws.q, block.ln_1, embed=i == 0, kv=cache, next_=(ws.x2, block.proj.bias), zero=out
-            )
+                "qkv", x_in, block.qkv, ws.q, block.ln_1, embed=i == 0, kv=cache, next_=(ws.x2, block.proj.bias),
+                zero=x_out,
+            )  # fmt: skip
             rows, warps = KERNEL_CONFIGS["attn"]
             block_l = min(ATTN_BLOCK, triton.next_power_of_2(self._length))
             _attention_kernel[(cfg.n_head, triton.cdiv(c, rows))](
@@ -604,7 +619,7 @@ class FastGPT2(nn.Module):
             n_hidden = block.fc.weight.shape[0]
             _mlp_kernel[(triton.cdiv(n_hidden, hidden),)](
                 ws.x2, block.fc.weight, block.fc.bias, block.out.weight, block.out.bias, block.ln_2.weight,
-                block.ln_2.bias, out, n_hidden, block.ln_2.eps,
+                block.ln_2.bias, x_out, n_hidden, block.ln_2.eps,
                 K=c, BLOCK_H=hidden, BLOCK_K=triton.next_power_of_2(c), PDL=ws.pdl, num_warps=warps, **pdl,
             )  # fmt: skip
         self._rowdot("head", ws.x[len(self.blocks) % 2], self.head, ws.logits, self.ln_f)
@@ -620,7 +635,8 @@ class FastGPT2(nn.Module):
 
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):  # compile and warm up outside the capture (writes go to unused slots)
+            # compile and warm up outside the capture (what this writes, the prefill and decoding overwrite)
+            with torch.cuda.stream(side):
                 for _ in range(2):
                     self._pos.zero_()
                     steps()

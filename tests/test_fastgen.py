@@ -35,6 +35,17 @@ def test_a_left_padded_batch_matches_generate(pocket):
     assert torch.equal(out, hf_greedy(model, tok, 24, **enc))
 
 
+def test_one_left_padded_sequence_matches_generate(pocket):
+    model, tok = pocket
+    tok.padding_side = "left"
+    enc = tok(bench.prompts()[:4], return_tensors="pt", padding=True)
+    row = int(enc["attention_mask"].sum(1).argmin())  # the shortest prompt: the most padding
+    ids, mask = enc["input_ids"][row : row + 1], enc["attention_mask"][row : row + 1]
+    out = fastgen.FastGPT2(model).generate(ids, 24, attention_mask=mask)
+    assert out.shape == (1, ids.shape[1] + 24)
+    assert torch.equal(out, hf_greedy(model, tok, 24, input_ids=ids, attention_mask=mask))
+
+
 def test_sampling_is_reproducible_with_a_seed(pocket):
     model, tok = pocket
     ids = tok(bench.prompts()[0], return_tensors="pt")["input_ids"]
@@ -148,6 +159,9 @@ fast._kernel_step()
 logits = fast.forward(torch.tensor([[7]]), fast.arange[10:11])[0]
 torch.testing.assert_close(fast._ws.logits, logits, rtol=1e-4, atol=1e-5)
 assert fast._out[0, 11] == logits.argmax() and fast._tok.item() == logits.argmax() and fast._pos.item() == 11
+padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)  # one left-padded sequence: the padding is dropped
+mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], 1)
+assert torch.equal(fast.generate(padded, 8, attention_mask=mask)[:, 3:], fastgen.FastGPT2(model).generate(ids, 8))
 odd = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=48, n_layer=1, n_head=2)).eval()
 try:
     fastgen.FastGPT2(odd, kernels=True)
