@@ -20,8 +20,11 @@ It takes the model's weights and decodes with the few plain ideas notebook 05 bu
   also launched early (programmatic dependent launch, ``PDL``) and reads its weights while the kernel before
   it finishes. Activations stay in fp32, and atomic adds make the order of their additions vary from run to
   run (relative differences near 1e-7): a greedy choice between two logits that tie that closely could
-  differ between runs. Tested against the eager step in Triton's interpreter (tokens and logits); on an H100
-  its 128 greedy tokens matched the eager bf16 decoder's in every run of 2026-11-26;
+  differ between runs. Tested against the eager step in Triton's interpreter (tokens and logits). On an H100
+  (2026-11-26), in fp32 its greedy tokens were those of ``generate()`` (pocket model, 4 prompts, 64 tokens);
+  in bf16 they matched the eager bf16 decoder's for GPT-2 124M (128 tokens, every run) and for 3 of 4
+  pocket prompts: the fourth took another token at a near tie after about 30 tokens, since this step keeps
+  activations in fp32 where the eager one rounds them to bf16;
 - any float dtype (bf16 on a GPU), and optional **int8 weights**: on a GPU, int8 weight-only with the
   dequantization fused into the matmul by the compiler; on a CPU, PyTorch's dynamic int8 kernels
   (``torch.ao``'s FBGEMM path, the fastest CPU path notebook 03 measured).
