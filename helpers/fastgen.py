@@ -499,11 +499,9 @@ class FastGPT2(nn.Module):
         """
         ids, total, gen = self._prepare(input_ids, max_new_tokens, attention_mask, temperature, top_k, seed)
         b, t = ids.shape
-        if b == 1 and attention_mask is not None and int(self.pad[0]) > 0:
-            # one sequence: its left padding is simply dropped (the hand-written step assumes none), then put back
-            pad = int(self.pad[0])
-            out = self.generate(ids[:, pad:], max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
-            return torch.cat([ids[:, :pad], out], 1)
+        if t < input_ids.shape[1]:  # _prepare dropped one sequence's left padding: decode without, put it back
+            out = self.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+            return torch.cat([input_ids[:, : input_ids.shape[1] - t].to(self.device), out], 1)
         if temperature == 0 and (self.graph_steps > 1 or (self.kernels and b == 1)):
             return self._generate_graphed(ids, total)
         out = torch.empty(b, total, dtype=torch.long, device=self.device)
@@ -546,20 +544,26 @@ class FastGPT2(nn.Module):
             )
         if temperature < 0 or (top_k is not None and top_k < 1):
             raise ValueError("temperature must be >= 0 and top_k >= 1.")
-        self._allocate(b, max(total, length or 0))
-        ids = input_ids.to(self.device)
-        if attention_mask is None:
-            self.pad.zero_()
-        else:
+        ids, pad = input_ids.to(self.device), None
+        if attention_mask is not None:
             mask = attention_mask.to(self.device).long()
             if bool((mask[:, 1:] < mask[:, :-1]).any()):
                 raise ValueError("FastGPT2 needs left padding: in attention_mask, 0s must come before 1s.")
-            self.pad.copy_(t - mask.sum(1))
+            if bool((mask.sum(1) == 0).any()):
+                raise ValueError("Every sequence needs at least one real token (a 1 in attention_mask).")
+            pad = t - mask.sum(1)
+            if b == 1:  # one sequence: its left padding is dropped (the hand-written step assumes none)
+                ids, pad = ids[:, int(pad[0]) :], None
+        self._allocate(b, max(ids.shape[1] + max_new_tokens, length or 0))
+        if pad is None:
+            self.pad.zero_()
+        else:
+            self.pad.copy_(pad)
         gen = None
         if temperature > 0:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(torch.seed() if seed is None else seed)
-        return ids, total, gen
+        return ids, ids.shape[1] + max_new_tokens, gen
 
     def _tokens(self, ids, total, temperature, top_k, gen):
         """The new tokens in turn: the prompt in one eager pass, then one (compiled) step per token."""

@@ -112,6 +112,8 @@ def test_clear_errors(pocket, tiny_model):
             4,
             attention_mask=torch.tensor([[1] * ids.shape[1], [1, 0] + [1] * (ids.shape[1] - 2)]),
         )
+    with pytest.raises(ValueError, match="at least one real token"):
+        fast.generate(ids, 4, attention_mask=torch.zeros_like(ids))
     with pytest.raises(ValueError, match="batch, tokens"):
         fast.generate(ids[0], 4)
     with pytest.raises(ValueError, match="float32"):
