@@ -186,6 +186,9 @@ def generation(
     total = time_fn(lambda: generate_fn(ids, new_tokens), warmup=warmup, repeats=repeats, device=device)
     mem, mem_kind = _memory(device)
     tpot = max(total["median"] - first["median"], 1e-9) / (new_tokens - 1)
+    # the spread of the decode speed: the fastest and slowest full runs, less the median prefill
+    tpot_lo = max(total["min"] - first["median"], 1e-9) / (new_tokens - 1)
+    tpot_hi = max(total["max"] - first["median"], 1e-9) / (new_tokens - 1)
     bw = bandwidth or devices.bandwidth(device)
     weights = model_bytes or param_bytes(model)
     kv = kv_bytes_per_step(model.config, batch, prompt_len + new_tokens / 2, param.element_size())
@@ -205,6 +208,8 @@ def generation(
         "ttft_ms": first["median"] * 1e3,
         "tpot_ms": tpot * 1e3,
         "decode_tok_s": decode_tok_s,
+        "decode_tok_s_min": batch / tpot_hi,  # slowest of the timed runs
+        "decode_tok_s_max": batch / tpot_lo,  # fastest of the timed runs
         "e2e_tok_s": batch * new_tokens / total["median"],
         "total_s": total["median"],
         "memory_bytes": mem,
@@ -219,6 +224,11 @@ def generation(
         "torch": torch.__version__,
         "date": date.today().isoformat(),
     }
+
+
+def decode_speed(rec: dict) -> dict:
+    """A record's decode tokens/s with its spread, as ``results.verdict()`` takes it."""
+    return {"median": rec["decode_tok_s"], "min": rec.get("decode_tok_s_min"), "max": rec.get("decode_tok_s_max")}
 
 
 def describe(rec: dict) -> str:

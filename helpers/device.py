@@ -100,6 +100,46 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
+# CPU features that decide decoding speed on a CPU more than the core count does (Linux /proc/cpuinfo names).
+_ISA = [
+    ("avx2", "AVX2"),
+    ("fma", "FMA"),
+    ("avx512f", "AVX-512"),
+    ("avx512_vnni", "AVX-512 VNNI"),
+    ("avx_vnni", "AVX-VNNI"),
+    ("avx512_bf16", "AVX-512 BF16"),
+    ("avx512_fp16", "AVX-512 FP16"),
+    ("amx_tile", "AMX"),
+    ("asimd", "NEON"),
+    ("sve", "SVE"),
+]
+
+
+def cpu_features(flags: set[str] | None = None) -> list[str]:
+    """The instruction sets of this CPU that matter for inference: AVX2, AVX-512, VNNI, BF16/FP16, AMX; NEON/SVE.
+
+    Without hardware BF16/FP16 arithmetic (no AVX-512 BF16 / FP16, no AMX), bf16 and fp16 run emulated and slow.
+    """
+    if flags is None:
+        flags = set()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+        except OSError:
+            pass
+        if not flags and platform.system() == "Darwin" and platform.machine() == "arm64":
+            return ["NEON (Apple silicon)"]
+    return [label for flag, label in _ISA if flag in flags]
+
+
+def cpu_summary() -> str:
+    """The CPU in one line: model, threads torch uses, and its instruction sets, e.g. for a recorded run."""
+    feats = cpu_features()
+    return f"{_cpu_model()}, {torch.get_num_threads()} threads, {', '.join(feats) if feats else 'no AVX2'}"
+
+
 def describe(device: torch.device | str | None = None) -> dict:
     """Device, versions, threads and memory, as printed in every notebook's set-up cell."""
     import psutil
@@ -112,6 +152,7 @@ def describe(device: torch.device | str | None = None) -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "cpu threads": torch.get_num_threads(),
+        "cpu features": ", ".join(cpu_features()) or "none of AVX2, AVX-512, AMX, NEON",
         "RAM": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
     }
     if device.type == "cuda":

@@ -79,6 +79,33 @@ def perplexity(
     return math.exp(nll / count)
 
 
+# The workbook's one perplexity protocol: every notebook that scores the pocket model uses it, so that
+# its perplexity is the same figure wherever it appears (the model card's figure covers the whole split).
+STANDARD_TOKENS = (20_000, 3_000)  # (full mode, quick mode): the first tokens of the held-out split
+STANDARD_CONTEXT, STANDARD_STRIDE = 256, 128  # sliding windows of 256 tokens, moved by 128
+
+
+def standard_protocol() -> str:
+    """The standard perplexity protocol in words, for tables and printouts."""
+    from .notebook import pick
+
+    return f"first {pick(*STANDARD_TOKENS):,} held-out tokens, windows of {STANDARD_CONTEXT} moved by {STANDARD_STRIDE}"
+
+
+def standard_tokens(tokenizer) -> torch.Tensor:
+    """The held-out tokens of the standard protocol (``STANDARD_TOKENS``, fewer in quick mode)."""
+    from .data import eval_tokens
+    from .notebook import pick
+
+    return eval_tokens(tokenizer, budget=pick(*STANDARD_TOKENS))
+
+
+def standard_perplexity(model, tokens: torch.Tensor, progress: bool = False) -> float:
+    """Perplexity on ``standard_tokens()`` with the standard windows: the figure every notebook compares."""
+    context = min(STANDARD_CONTEXT, model.config.n_positions)
+    return perplexity(model, tokens, context=context, stride=min(STANDARD_STRIDE, context), progress=progress)
+
+
 @torch.no_grad()
 def greedy_agreement(baseline, candidate, tokenizer, prompts: list[str], new_tokens: int = 32) -> float:
     """Fraction of next-token choices where ``candidate`` agrees with ``baseline``.

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import warnings
 from datetime import date
 from pathlib import Path
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import bench, fastgen, models
+from . import bench, fastgen, models, results
 from . import device as devices
 from .notebook import quiet
 
@@ -170,9 +172,16 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the best available)")
     parser.add_argument("--quick", action="store_true", help="16 new tokens, 1 repeat: a smoke test, not a result")
     parser.add_argument("--out", default=None, help="JSON file (default: results/ladder-<device>.json)")
+    parser.add_argument(
+        "--record", action="store_true", help="keep the rows in results/recorded/ladder--<device>.jsonl (committed)"
+    )
     args = parser.parse_args(argv)
+    if args.record:
+        os.environ["WORKBOOK_RECORD"] = "1"
+        os.environ.setdefault("WORKBOOK_COMMAND", "python -m helpers.ladder " + " ".join(argv or sys.argv[1:]))
     if args.quick:
         args.new_tokens, args.repeats = 16, 1
+        os.environ["WORKBOOK_QUICK"] = "1"  # recorded rows say they come from a smoke test
     records = run(
         args.model, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats, device=args.device
     )
@@ -185,6 +194,8 @@ def main(argv=None) -> None:
     print(f"\ntargets ({TARGETS[dev]}):")
     for line in verdict(records):
         print("  " + line)
+    for r in records:
+        results.record({**r, "model": args.model}, notebook="ladder", technique=r["label"])
     out = Path(args.out or f"results/ladder-{dev}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"records": records, "targets": verdict(records)}, indent=1))

@@ -1,19 +1,32 @@
-"""The result log: every notebook appends its measurements here; the last notebook reads them all.
+"""The result log, recorded runs from other devices, verdicts from data, and the standard plots.
 
-The log is a local JSON-lines file (``results/results.jsonl`` in the repository, or the path in
-``WORKBOOK_RESULTS``), git-ignored: each line is one record with the notebook that made it.
-``table()`` formats records as a Markdown table; ``plot_tokens_per_s()`` and
-``plot_quality_vs_speed()`` are the standard plots.
+- The log is a local JSON-lines file (``results/results.jsonl`` in the repository, or the path in
+  ``WORKBOOK_RESULTS``), git-ignored: each line is one record with the notebook that made it. Notebook 07
+  reads it all.
+- Recorded runs: with ``WORKBOOK_RECORD=1`` every ``record()`` also goes to
+  ``results/recorded/<notebook>--<device>.jsonl``, which is committed. That is how a figure measured on
+  another device (the lent H100 / H200) reaches a notebook executed on a CPU, and the README: by code that
+  reads the file (``show_recorded()``), with the device, date and versions of the run that wrote it.
+  ``python -m helpers.results readme`` rewrites the README's tables from these files; a test checks them.
+- ``verdict(a, b)`` turns two measurements with their spread into the sentence a notebook prints
+  ("1.31x faster", "within noise"), so that no comparison is typed into prose.
+- ``table()`` formats records as a Markdown table; ``plot_tokens_per_s()`` and
+  ``plot_quality_vs_speed()`` are the standard plots.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+RECORDED = ROOT / "results" / "recorded"  # committed: runs on other devices, read by notebooks and the README
+_TRUE = {"1", "true", "yes", "on"}
+_started: set[Path] = set()  # recorded files this process has begun (each run replaces its file)
 
 
 def path() -> Path:
@@ -21,14 +34,66 @@ def path() -> Path:
     return Path(os.environ.get("WORKBOOK_RESULTS") or ROOT / "results" / "results.jsonl")
 
 
+def recording() -> bool:
+    """True when ``WORKBOOK_RECORD`` asks to keep this run's records in ``results/recorded/`` (committed)."""
+    return os.environ.get("WORKBOOK_RECORD", "0").strip().lower() in _TRUE
+
+
+def run_context() -> dict:
+    """What every recorded row carries: device, CPU instruction sets, versions, date, mode and command."""
+    import torch
+    import transformers
+
+    from . import device as devices
+    from .notebook import is_quick
+
+    dev = devices.pick()
+    return {
+        "device_name": devices.name(dev),
+        "device_type": dev.type,
+        "cpu": devices.cpu_summary(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "quick": is_quick(),
+        "command": os.environ.get("WORKBOOK_COMMAND") or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a device name: ``NVIDIA H200`` -> ``nvidia-h200``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _json_safe(value):
+    """Numbers stay numbers: a 0-d tensor or NumPy scalar becomes a float, never the string 'tensor(1.)'."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    raise TypeError(f"cannot store a {type(value).__name__} in the result log: convert it to a number or string.")
+
+
 def record(rec: dict, notebook: str, **extra) -> dict:
-    """Append one measurement (a dict of JSON-able values) to the log, tagged with ``notebook``."""
+    """Append one measurement (a dict of JSON-able values) to the log, tagged with ``notebook``.
+
+    With ``WORKBOOK_RECORD=1`` the row, with ``run_context()``, also goes to the recorded file of this
+    notebook and device (``results/recorded/<notebook>--<device>.jsonl``); the first row a process writes
+    there replaces what an earlier run of the same notebook on the same device left.
+    """
     row = {**rec, **extra, "notebook": notebook, "logged_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    line = json.dumps(row, default=_json_safe)  # fails before anything is written if a value cannot be stored
     target = path()
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
-    return row
+        f.write(line + "\n")
+    if recording():
+        ctx = run_context()
+        kept = {**ctx, **row}
+        file = RECORDED / f"{notebook}--{slug(ctx['device_name'])}.jsonl"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with open(file, "w" if file not in _started else "a") as f:
+            f.write(json.dumps(kept, default=_json_safe) + "\n")
+        _started.add(file)
+    return json.loads(line)
 
 
 def load(**match) -> list[dict]:
@@ -45,7 +110,9 @@ def load(**match) -> list[dict]:
     return rows
 
 
-def _fmt(value) -> str:
+def _fmt(value, spec: str = "") -> str:
+    if spec and isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, spec)
     if isinstance(value, float):
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-2):
             return f"{value:.3g}"
@@ -56,19 +123,28 @@ def _fmt(value) -> str:
 
 
 def table(rows: list[dict], columns: list[str], headers: list[str] | None = None) -> str:
-    """A Markdown table of ``columns`` from ``rows`` (missing and ``None`` values left blank)."""
-    headers = headers or columns
+    """A Markdown table of ``columns`` from ``rows`` (missing and ``None`` values shown as "-").
+
+    A column may carry a format after a colon: ``"decode_tok_s:,.0f"``, ``"sol_fraction:.1%"``.
+    """
+    names = [c.split(":", 1)[0] for c in columns]
+    specs = [c.split(":", 1)[1] if ":" in c else "" for c in columns]
+    headers = headers or names
     if len(headers) != len(columns):
         raise ValueError("headers and columns must have the same length.")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c]) if row.get(c) is not None else "" for c in columns) + " |")
+        cells = [_fmt(row[n], f) if row.get(n) is not None else "-" for n, f in zip(names, specs, strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def show(rows: list[dict], columns: list[str], headers: list[str] | None = None) -> None:
     """Display ``table()`` as Markdown in a notebook, or print it elsewhere."""
-    text = table(rows, columns, headers)
+    _display_markdown(table(rows, columns, headers))
+
+
+def _display_markdown(text: str) -> None:
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
@@ -79,6 +155,111 @@ def show(rows: list[dict], columns: list[str], headers: list[str] | None = None)
     except ImportError:
         pass
     print(text)
+
+
+def recorded(notebook: str, device_type: str | None = None, **match) -> dict[str, list[dict]]:
+    """Recorded rows of ``notebook`` whose fields equal every ``match`` item, grouped by file.
+
+    ``device_type`` ("cuda", "cpu") keeps only runs on that kind of device.
+    """
+    found = {}
+    for file in sorted(RECORDED.glob(f"{notebook}--*.jsonl")):
+        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+        if device_type:
+            rows = [r for r in rows if r.get("device_type") == device_type]
+        if rows:
+            found[str(file.relative_to(ROOT))] = rows
+    return found
+
+
+def source_line(rows: list[dict], file: str) -> str:
+    """Where recorded figures come from: device, CPU, versions, date, mode and file."""
+    r = rows[0]
+    cpu = f" (host CPU: {r['cpu']})" if r.get("device_type") == "cuda" else f" ({r['cpu']})" if r.get("cpu") else ""
+    mode = "quick mode" if r.get("quick") else "full mode"
+    return (
+        f"{r.get('device_name', '?')}{cpu}, torch {r.get('torch', '?')}, {r.get('date', '?')}, {mode}; "
+        f"recorded in `{file}`"
+    )
+
+
+def recorded_markdown(
+    notebook: str, columns: list[str], headers: list[str] | None = None, device_type: str | None = None, **match
+) -> str:
+    """The recorded rows of ``notebook`` as Markdown: one table per recorded run, each under its source line."""
+    found = recorded(notebook, device_type=device_type, **match)
+    if not found:
+        return (
+            f"No recorded run of notebook {notebook} matches {match or 'this request'} yet. Execute the notebook "
+            "on that device with WORKBOOK_RECORD=1 (`python -m helpers.execute --record ...`) to make one."
+        )
+    parts = []
+    for file, rows in found.items():
+        parts.append(f"{source_line(rows, file)}:\n\n{table(rows, columns, headers)}")
+    return "\n\n".join(parts)
+
+
+def show_recorded(
+    notebook: str, columns: list[str], headers: list[str] | None = None, device_type: str | None = None, **match
+) -> dict[str, list[dict]]:
+    """Display the recorded rows of ``notebook`` (see ``recorded_markdown()``) and return them."""
+    _display_markdown(recorded_markdown(notebook, columns, headers, device_type=device_type, **match))
+    return recorded(notebook, device_type=device_type, **match)
+
+
+# ---- verdicts from data -------------------------------------------------------------------------
+
+
+def _span(m) -> tuple[float, float | None, float | None]:
+    """(median, low, high) of a measurement: a number, a (median, low, high) tuple or a dict with them."""
+    if isinstance(m, dict):
+        return float(m["median"]), m.get("min"), m.get("max")
+    if isinstance(m, tuple | list):
+        return float(m[0]), float(m[1]), float(m[2])
+    return float(m), None, None
+
+
+def rate(timing: dict, work: float = 1.0) -> dict:
+    """Turn a ``bench.time_fn()`` result (seconds) into a rate (``work`` per second) with its spread."""
+    return {"median": work / timing["median"], "min": work / timing["max"], "max": work / timing["min"]}
+
+
+def verdict(
+    a,
+    b,
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    unit: str = "tokens/s",
+    higher_is_better: bool = True,
+    words: tuple[str, str] | None = None,
+    fmt: str = ",.1f",
+) -> str:
+    """One sentence comparing measurement ``a`` with ``b``, with the ratio and the runs' spread.
+
+    ``a`` and ``b`` are numbers, ``(median, low, high)`` tuples or dicts with ``median``/``min``/``max``
+    (``bench.time_fn()``; ``rate()`` turns times into rates). When both carry a spread and the ranges
+    overlap, the verdict is "within noise"; without a spread it says that it cannot tell noise apart.
+    ``words`` names the better and the worse direction (default "faster"/"slower" for rates, "higher"/"lower"
+    otherwise, swapped when ``higher_is_better`` is False: "smaller"/"larger", say).
+    """
+    ma, la, ha = _span(a)
+    mb, lb, hb = _span(b)
+    good, bad = words or (("faster", "slower") if unit.endswith("/s") else ("better", "worse"))
+    ratio = ma / mb if mb else float("inf")
+
+    def show(m, lo, hi):
+        return f"{m:{fmt}}" + (f" ({lo:{fmt}}-{hi:{fmt}})" if lo is not None and hi is not None else "")
+
+    head = f"{names[0]}: {show(ma, la, ha)} {unit} vs {names[1]}: {show(mb, lb, hb)} {unit}: {ratio:.2f}x"
+    if None in (la, ha, lb, hb):
+        better = (ma > mb) == higher_is_better
+        side = good if better else bad
+        return f"{head}, {side} (no spread measured, so noise cannot be ruled out)"
+    if la <= hb and lb <= ha:
+        return f"{head}, within noise (the runs' ranges overlap)"
+    better = (ma > mb) == higher_is_better
+    return f"{head}, {good if better else bad} (beyond the runs' spread)"
 
 
 def plot_tokens_per_s(
@@ -139,3 +320,55 @@ def plot_quality_vs_speed(
     ax.set_ylabel(f"{quality} (lower is better)")
     ax.set_title(title or "Quality vs speed")
     return ax
+
+
+# ---- the README's tables, generated from the recorded runs ----------------------------------------
+
+README = ROOT / "README.md"
+_BLOCK = re.compile(r"(<!-- recorded (\{.*?\}) -->\n)(.*?)(<!-- /recorded -->)", re.S)
+
+
+def render_readme(text: str) -> str:
+    """``text`` with every ``<!-- recorded {...} -->`` block's body rebuilt from the recorded runs.
+
+    The JSON in the marker gives ``notebook``, ``columns`` and optionally ``headers``, ``device_type``
+    and ``match`` (fields every row must equal).
+    """
+
+    def fill(m: re.Match) -> str:
+        spec = json.loads(m.group(2))
+        body = recorded_markdown(
+            spec["notebook"],
+            spec["columns"],
+            spec.get("headers"),
+            device_type=spec.get("device_type"),
+            **spec.get("match", {}),
+        )
+        return f"{m.group(1)}{body}\n{m.group(4)}"
+
+    return _BLOCK.sub(fill, text)
+
+
+def main(argv=None) -> int:
+    """``python -m helpers.results readme [--check]``: rewrite (or check) the README's recorded tables."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m helpers.results", description=main.__doc__)
+    p.add_argument("what", choices=["readme"])
+    p.add_argument("--check", action="store_true", help="only say whether the README is up to date")
+    args = p.parse_args(argv)
+    old = README.read_text()
+    new = render_readme(old)
+    if args.check:
+        if old != new:
+            print("README.md's recorded tables differ from results/recorded/: run `python -m helpers.results readme`.")
+            return 1
+        print("README.md's recorded tables match results/recorded/.")
+        return 0
+    README.write_text(new)
+    print(f"rewrote {len(_BLOCK.findall(old))} recorded tables in README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

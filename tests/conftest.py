@@ -15,6 +15,7 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("WORKBOOK_HUB_MIRROR", raising=False)
     monkeypatch.delenv("WORKBOOK_DEVICE", raising=False)
+    monkeypatch.delenv("WORKBOOK_RECORD", raising=False)  # tests never write the committed recorded runs
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,82 @@
+"""helpers.results: verdicts from measurements, recorded runs, and the README's tables made from them."""
+
+import json
+
+import pytest
+import torch
+
+from helpers import results
+
+
+def test_verdict_says_within_noise_when_ranges_overlap():
+    text = results.verdict({"median": 100, "min": 95, "max": 104}, (98, 96, 99), names=("new", "old"))
+    assert "1.02x" in text and "within noise" in text
+
+
+def test_verdict_says_faster_or_slower_beyond_the_spread():
+    assert "faster (beyond" in results.verdict((130, 125, 134), (98, 96, 99))
+    assert "slower (beyond" in results.verdict((60, 58, 61), (98, 96, 99))
+    lower = results.verdict((10, 9, 11), (20, 19, 21), unit="ms", higher_is_better=False, words=("faster", "slower"))
+    assert "faster (beyond" in lower
+
+
+def test_verdict_without_spread_says_it_cannot_rule_out_noise():
+    assert "noise cannot be ruled out" in results.verdict(1.1, 1.0)
+
+
+def test_rate_turns_times_into_rates_with_spread():
+    r = results.rate({"median": 0.5, "min": 0.4, "max": 1.0}, work=10)
+    assert r == {"median": 20.0, "min": 10.0, "max": 25.0}
+
+
+def test_tensors_are_logged_as_numbers_and_objects_are_refused():
+    row = results.record({"tok_s": torch.tensor(100.0)}, notebook="t")
+    assert row["tok_s"] == 100.0 and json.loads(results.path().read_text())["tok_s"] == 100.0
+    with pytest.raises(TypeError, match="cannot store"):
+        results.record({"model": object()}, notebook="t")
+    assert len(results.load()) == 1  # the refused row left no half-written line
+
+
+@pytest.fixture
+def recorded_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RECORDED", tmp_path / "recorded")
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    monkeypatch.setattr(results, "_started", set())
+    return tmp_path / "recorded"
+
+
+def test_recording_keeps_rows_with_their_context_and_a_rerun_replaces_them(recorded_dir, monkeypatch):
+    results.record({"label": "a", "tok_s": 1.0}, notebook="nb")
+    assert not recorded_dir.exists()  # not recording by default
+    monkeypatch.setenv("WORKBOOK_RECORD", "1")
+    results.record({"label": "a", "tok_s": 1.0}, notebook="nb")
+    results.record({"label": "b", "tok_s": 2.0}, notebook="nb")
+    found = results.recorded("nb")
+    (file, rows), = found.items()
+    assert [r["label"] for r in rows] == ["a", "b"]
+    assert {"device_name", "cpu", "torch", "date", "quick", "command"} <= set(rows[0])
+    monkeypatch.setattr(results, "_started", set())  # a new process: its first row replaces the file
+    results.record({"label": "c", "tok_s": 3.0}, notebook="nb")
+    assert [r["label"] for r in results.recorded("nb")[file]] == ["c"]
+    text = results.recorded_markdown("nb", ["label", "tok_s:.1f"], ["setup", "tokens/s"])
+    assert "| c | 3.0 |" in text and "recorded in" in text and rows[0]["device_name"] in text
+
+
+def test_missing_recorded_run_says_how_to_make_one(recorded_dir):
+    assert "No recorded run" in results.recorded_markdown("nothing", ["x"])
+
+
+def test_readme_blocks_are_rebuilt_from_records(recorded_dir, monkeypatch):
+    monkeypatch.setenv("WORKBOOK_RECORD", "1")
+    results.record({"label": "fast", "tok_s": 5.0}, notebook="nb")
+    spec = '{"notebook": "nb", "columns": ["label", "tok_s:.0f"], "headers": ["setup", "tokens/s"]}'
+    text = f"intro\n<!-- recorded {spec} -->\nstale table\n<!-- /recorded -->\nend\n"
+    new = results.render_readme(text)
+    assert "stale table" not in new and "| fast | 5 |" in new and new.endswith("<!-- /recorded -->\nend\n")
+    assert results.render_readme(new) == new
+
+
+def test_the_readme_matches_the_recorded_runs():
+    text = results.README.read_text()
+    assert "<!-- recorded " in text, "the README's result tables should be generated from results/recorded/"
+    assert results.render_readme(text) == text, "run `python -m helpers.results readme` and commit the README"
