@@ -167,6 +167,12 @@ def _cache_file() -> Path:
     return root / "measurements.json"
 
 
+def _key(device: torch.device) -> str:
+    """A cache key for measurements: the device's name, and on a CPU its instruction sets (same names, other chips)."""
+    extra = f" [{', '.join(cpu_features())}]" if device.type == "cpu" else ""
+    return f"{device.type}:{name(device)}{extra}"
+
+
 def _cached(key: str, measure, refresh: bool) -> float:
     """Read ``key`` from the measurement cache, or run ``measure()`` and store its result."""
     cache = _cache_file()
@@ -200,8 +206,8 @@ def bandwidth(
     """Measured memory bandwidth of ``device`` in bytes per second (read + write of a large copy).
 
     A copy of a buffer much larger than the caches reads and writes every byte once, so
-    (2 x size) / time is what the memory system sustains. The median of ``repeats`` runs after a
-    warm-up is cached per device in ``~/.cache/faster-gpt2/measurements.json``
+    (2 x size) / time is what the memory system sustains. It is measured once per device: the median
+    of ``repeats`` runs after a warm-up is cached in ``~/.cache/faster-gpt2/measurements.json``
     (``WORKBOOK_CACHE`` moves the folder); ``refresh=True`` measures again.
     """
     device = torch.device(device or pick())
@@ -212,7 +218,7 @@ def bandwidth(
         dst = torch.empty_like(src)
         return 2 * src.numel() * src.element_size() / _median_time(lambda: dst.copy_(src), device, repeats)
 
-    return _cached(f"bandwidth {device.type}:{name(device)}", measure, refresh)
+    return _cached(f"bandwidth {_key(device)}", measure, refresh)
 
 
 def matmul_flops(
@@ -238,5 +244,5 @@ def matmul_flops(
         return 2 * n**3 / _median_time(lambda: a @ b, device, repeats)
 
     tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    key = f"matmul {device.type}:{name(device)} {str(dtype).replace('torch.', '')}{' tf32' if tf32 else ''} n={n}"
+    key = f"matmul {_key(device)} {str(dtype).replace('torch.', '')}{' tf32' if tf32 else ''} n={n}"
     return _cached(key, measure, refresh)

@@ -20,7 +20,7 @@ def _bar_notebook():
     ]
     nb.cells = [cell]
     state = {
-        "box": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_left", "IPY_MODEL_bar", "IPY_MODEL_right"]}},
+        "box": {"model_name": "HBoxModel", "state": {"children": [f"IPY_MODEL_{k}" for k in ("left", "bar", "right")]}},
         "left": {"model_name": "HTMLModel", "state": {"value": "perplexity: 100%"}},
         "bar": {"model_name": "FloatProgressModel", "state": {"value": 25, "max": 25}},
         "right": {"model_name": "HTMLModel", "state": {"value": "\u2007 25/25 [00:27&lt;00:00,  1.09s/it]"}},

@@ -52,7 +52,7 @@ def test_recording_keeps_rows_with_their_context_and_a_rerun_replaces_them(recor
     results.record({"label": "a", "tok_s": 1.0}, notebook="nb")
     results.record({"label": "b", "tok_s": 2.0}, notebook="nb")
     found = results.recorded("nb")
-    (file, rows), = found.items()
+    ((file, rows),) = found.items()
     assert [r["label"] for r in rows] == ["a", "b"]
     assert {"device_name", "cpu", "torch", "date", "quick", "command"} <= set(rows[0])
     monkeypatch.setattr(results, "_started", set())  # a new process: its first row replaces the file

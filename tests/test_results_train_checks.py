@@ -19,7 +19,7 @@ def test_result_log_round_trip(tmp_path):
     with pytest.raises(ValueError):
         results.table(rows, ["label"], ["a", "b"])
     blanks = results.table([{"label": "c", "decode_tok_s": None}, {"label": "d"}], ["label", "decode_tok_s"])
-    assert blanks.splitlines()[2:] == ["| c |  |", "| d |  |"]
+    assert blanks.splitlines()[2:] == ["| c | - |", "| d | - |"]  # never "None"
 
 
 def test_plots_draw_every_record():
