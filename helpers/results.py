@@ -252,7 +252,7 @@ def verdict(
         return f"{m:{fmt}}" + (f" ({lo:{fmt}}-{hi:{fmt}})" if lo is not None and hi is not None else "")
 
     head = f"{names[0]}: {show(ma, la, ha)} {unit} vs {names[1]}: {show(mb, lb, hb)} {unit}: {ratio:.2f}x"
-    if None in (la, ha, lb, hb):
+    if None in (la, ha, lb, hb) or (la == ha and lb == hb):  # one run each has no spread either
         better = (ma > mb) == higher_is_better
         side = good if better else bad
         return f"{head}, {side} (no spread measured, so noise cannot be ruled out)"

@@ -15,7 +15,7 @@ inline code and code blocks, and link targets.
 
 Marking a number as definitional (a size of GPT-2, a worked example, a quoted claim of the article the
 workbook grew from) takes an HTML comment in the same cell, invisible when rendered:
-``<!-- def: 124M, 4x, 10x -->``.
+``<!-- def: 124M, 4x, 10x, 50,257 -->`` (items separated by a comma and a space, or by spaces).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def numbers(markdown: str) -> list[tuple[str, str]]:
     """The numbers a markdown text states that need backing: (as written, context) pairs."""
     marked = set()
     for m in _MARK.finditer(markdown):
-        marked |= {_normal(x.strip()) for x in m.group(1).split(",") if x.strip()}
+        marked |= {_normal(x.strip()) for x in re.split(r",\s+|\s+", m.group(1)) if x.strip()}
     text = _strip_markup(markdown)
     found = []
     for m in _NUMBER.finditer(text):

@@ -80,3 +80,7 @@ def test_the_readme_matches_the_recorded_runs():
     text = results.README.read_text()
     assert "<!-- recorded " in text, "the README's result tables should be generated from results/recorded/"
     assert results.render_readme(text) == text, "run `python -m helpers.results readme` and commit the README"
+
+
+def test_a_single_run_each_is_no_spread():
+    assert "noise cannot be ruled out" in results.verdict((5, 5, 5), (4, 4, 4))

@@ -75,3 +75,7 @@ def test_committed_notebook_has_its_frame(path):
     assert nb["metadata"].get("workbook", {}).get("mode") == "full", (
         f"{path.name}: committed outputs must come from a full-mode run of `python -m helpers.execute`"
     )
+
+
+def test_marks_keep_thousands_commas():
+    assert truth.unbacked(_nb("A vocabulary of 50,257 tokens and 1,024 positions. <!-- def: 50,257, 1,024 -->")) == []
