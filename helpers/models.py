@@ -9,9 +9,15 @@ Names (``NAMES`` lists them):
 - ``gpt2-124m-random``: the GPT-2 124M architecture with random weights, for speed lessons only
   (speed does not depend on the weights' values; quality does).
 
-``WORKBOOK_MODEL`` picks the default; ``auto`` uses ``gpt2`` when the Hub answers quickly and
-``pocket`` otherwise, and says which it chose and why. ``WORKBOOK_HUB_MIRROR=/folder`` makes
-Hub names load from ``/folder/<name>`` (a local checkpoint) through the same code.
+``WORKBOOK_MODEL`` picks the model for every notebook. Unset, it is ``pocket``, the bundled model, so that
+a run anywhere (Colab included) reproduces the committed outputs. One explicit switch gives another GPT-2:
+- a zoo name above (``gpt2`` needs the Hub);
+- ``auto``: ``gpt2`` when the Hub answers quickly, ``pocket`` otherwise (it says which and why);
+- **your own GPT-2**: a local folder saved with ``save_pretrained`` (``config.json``, safetensors weights and
+  the tokenizer's files), or any Hub id whose architecture is GPT-2 (``openai-community/gpt2-large``, a
+  fine-tune). Anything else (a Llama, a folder without a tokenizer) is refused with what was found.
+``WORKBOOK_HUB_MIRROR=/folder`` makes Hub names load from ``/folder/<name>`` (a local checkpoint) through the
+same code.
 
 Bundled weights are checked against the sha256 sums in their folder's ``SHA256SUMS`` before
 loading, and only safetensors files are read.
@@ -54,15 +60,59 @@ class UnknownModelError(ValueError):
     pass
 
 
+class NotGPT2Error(ValueError):
+    """A checkpoint that is not a GPT-2 (``GPT2LMHeadModel``), or whose tokenizer does not fit it."""
+
+
 class ChecksumError(ValueError):
     pass
 
 
 def _check_name(name: str) -> Spec:
-    if name not in ZOO:
-        valid = ", ".join(NAMES + ("auto",))
-        raise UnknownModelError(f"Unknown model {name!r}. Valid names: {valid}.")
-    return ZOO[name]
+    if name in ZOO:
+        return ZOO[name]
+    if Path(name).expanduser().is_dir():
+        return Spec("folder", str(Path(name).expanduser().resolve()), f"GPT-2 checkpoint from the folder {name}")
+    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+        return Spec("hub", name, f"{name} from the Hugging Face Hub")
+    valid = ", ".join(NAMES + ("auto",))
+    raise UnknownModelError(
+        f"Unknown model {name!r}. Valid names: {valid}; or a folder saved with save_pretrained, "
+        "or a Hub id such as 'openai-community/gpt2-large' (GPT-2 architectures only)."
+    )
+
+
+def check_gpt2_config(source: str | Path, local_only: bool) -> None:
+    """Refuse, before loading any weights, a checkpoint whose config is not a GPT-2's; say what was found."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError) as err:
+        raise NotGPT2Error(
+            f"{source} has no readable config.json, so it is not a checkpoint saved with save_pretrained: {err}"
+        ) from err
+    arch = ", ".join(config.architectures or []) or "no architectures listed"
+    if config.model_type != "gpt2" or (config.architectures and "GPT2LMHeadModel" not in config.architectures):
+        raise NotGPT2Error(
+            f"{source} holds a {config.model_type!r} model ({arch}). The workbook takes GPT-2 checkpoints "
+            "(model_type 'gpt2', GPT2LMHeadModel): a folder saved with save_pretrained or a Hub id."
+        )
+
+
+def check_tokenizer(model, tokenizer, source) -> None:
+    """Refuse a tokenizer that is empty or has ids beyond the model's vocabulary (a silent wrong result later)."""
+    n = len(tokenizer)
+    if n <= 1 or not tokenizer("def f(x):\n    return x")["input_ids"]:
+        raise NotGPT2Error(
+            f"the tokenizer of {source} is empty (length {n}): its vocab.json / merges.txt or tokenizer.json are "
+            "missing. Save the tokenizer with the model (tokenizer.save_pretrained(folder))."
+        )
+    if n > model.config.vocab_size:
+        raise NotGPT2Error(
+            f"the tokenizer of {source} has {n} tokens but the model's vocabulary has {model.config.vocab_size}: "
+            "they do not belong together. Save the model's own tokenizer with it."
+        )
 
 
 def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
@@ -79,8 +129,11 @@ def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
 
 
 def resolve(name: str | None = None, verbose: bool = True) -> str:
-    """The zoo name to use: ``name``, else ``WORKBOOK_MODEL``, else ``auto``; ``auto`` is decided here."""
-    name = (name or os.environ.get("WORKBOOK_MODEL") or "auto").strip()
+    """The model to use: ``name``, else ``WORKBOOK_MODEL``, else ``pocket``; ``auto`` is decided here.
+
+    Returns a zoo name, a folder path or a Hub id (see the module docstring).
+    """
+    name = (name or os.environ.get("WORKBOOK_MODEL") or "pocket").strip()
     if name != "auto":
         _check_name(name)
         return name
@@ -169,19 +222,24 @@ def load(
 ):
     """Load a model of the zoo by name; return ``(model, tokenizer)`` with the model in eval mode.
 
-    ``name=None`` reads ``WORKBOOK_MODEL`` (default ``auto``). ``device=None`` uses
+    ``name=None`` reads ``WORKBOOK_MODEL`` (default ``pocket``); a folder or a GPT-2 Hub id also works.
+    ``device=None`` uses
     ``helpers.device.pick()``. The tokenizer's pad token is set to its end-of-text token.
     ``gpt2-124m-random`` comes with the pocket tokenizer (its ids fit the larger vocabulary).
     """
     from . import device as devices
 
     name = resolve(name, verbose=verbose)
-    spec = ZOO[name]
+    spec = _check_name(name)
     target = devices.pick(device) if device is None or isinstance(device, str) else device
     if spec.kind == "bundled":
         path = folder(name)
         verify(path)
         model, tokenizer = _load_pretrained(path, dtype, local_only=True)
+    elif spec.kind == "folder":
+        check_gpt2_config(spec.source, local_only=True)
+        model, tokenizer = _load_pretrained(spec.source, dtype, local_only=True)
+        check_tokenizer(model, tokenizer, spec.source)
     elif spec.kind == "hub":
         mirror = os.environ.get("WORKBOOK_HUB_MIRROR")
         if mirror:
@@ -191,13 +249,23 @@ def load(
         else:
             source, local_only = spec.source, not hub_reachable()
         try:
+            check_gpt2_config(source, local_only)
             model, tokenizer = _load_pretrained(source, dtype, local_only)
+        except NotGPT2Error as err:
+            if "no readable config.json" not in str(err):
+                raise
+            raise RuntimeError(
+                f"Could not load {name!r} ({spec.source}): the Hugging Face Hub is not reachable "
+                "from here and the model is not in the local cache. Use WORKBOOK_MODEL=pocket "
+                "(the bundled model) instead."
+            ) from err
         except OSError as err:
             raise RuntimeError(
                 f"Could not load {name!r} ({spec.source}): the Hugging Face Hub is not reachable "
                 "from here and the model is not in the local cache. Use WORKBOOK_MODEL=pocket "
                 "(the bundled model) instead."
             ) from err
+        check_tokenizer(model, tokenizer, source)
     else:
         model = random_gpt2_124m(dtype=dtype)
         verify(folder("pocket"))
