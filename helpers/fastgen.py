@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import quant
+from . import capability, quant
 
 try:  # Triton comes with PyTorch's CUDA builds; the CPU path needs none of it
     import triton
@@ -397,8 +397,9 @@ class FastGPT2(nn.Module):
         runnable = triton is not None and (on_gpu or os.environ.get("TRITON_INTERPRET") == "1")
         head_dim = cfg.n_embd // cfg.n_head
         fits = head_dim & (head_dim - 1) == 0  # the kernels index a head with tl.arange: a power of 2
-        if kernels == "auto":
-            kernels = runnable and on_gpu and self.graph_steps > 1 and not int8 and fits
+        if kernels == "auto":  # only on GPUs where the step was checked (helpers.capability.triton_step)
+            checked = on_gpu and bool(capability.triton_step(capability.capability(self.device)))
+            kernels = runnable and checked and self.graph_steps > 1 and not int8 and fits
         elif kernels and not (runnable and not int8):
             raise ValueError("kernels=True needs Triton, a CUDA GPU and float weights (not int8).")
         elif kernels and not fits:
@@ -451,7 +452,7 @@ class FastGPT2(nn.Module):
             x=torch.zeros(2, c, **f32),  # a block's input and output, in turn
             x2=torch.zeros(c, **f32), q=torch.zeros(c, **f32), logits=torch.zeros(cfg.vocab_size, **f32),
             best=torch.zeros(2, n_parts, **f32), count=torch.zeros(1, dtype=torch.int32, device=self.device),
-            pdl=PDL and self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 9,
+            pdl=PDL and self.device.type == "cuda" and bool(capability.pdl(capability.capability(self.device))),
         )  # fmt: skip
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

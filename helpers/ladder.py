@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import bench, fastgen, models, results
+from . import bench, capability, fastgen, models, results
 from . import device as devices
 from .notebook import quiet
 
@@ -40,13 +40,17 @@ TARGETS = {
 }
 
 
-def _rows(hf32, hf16, on_gpu: bool):
-    """(label, model passed to bench.generation, factory of a generate_fn or a FastGPT2, "fast" for FastGPT2 rows)."""
+def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True):
+    """(label, model passed to bench.generation, factory of a generate_fn or a FastGPT2, "fast" for FastGPT2 rows).
+
+    ``half`` names the GPU's half-precision format (bf16, or fp16 before compute capability 8.0);
+    ``triton_step`` adds the hand-written Triton step's row (only on GPUs where it was checked).
+    """
     rows = [("generate(), fp32 eager", hf32, lambda: bench.hf_generate(hf32), None)]
     if on_gpu:
-        rows.append(("generate(), bf16 eager", hf16, lambda: bench.hf_generate(hf16), None))
+        rows.append((f"generate(), {half} eager", hf16, lambda: bench.hf_generate(hf16), None))
     base = hf16 if on_gpu else hf32
-    kind = "bf16" if on_gpu else "fp32"
+    kind = half if on_gpu else "fp32"
     static = "static cache + compile" if on_gpu else "static cache (transformers compiles it on GPUs only)"
     rows.append(
         (
@@ -66,6 +70,7 @@ def _rows(hf32, hf16, on_gpu: bool):
                 "fast",
             )
         )
+    if on_gpu and triton_step:
         rows.append(
             (
                 f"FastGPT2, {kind}, Triton kernels, {GRAPH_STEPS} steps per CUDA graph",
@@ -74,6 +79,7 @@ def _rows(hf32, hf16, on_gpu: bool):
                 "fast",
             )
         )
+    if on_gpu:
         rows.append(
             ("FastGPT2, int8 weights, compiled + CUDA graphs", base, lambda: fastgen.FastGPT2(base, int8=True), "fast")
         )
@@ -100,10 +106,15 @@ def run(
     dev = torch.device(device or devices.pick())
     on_gpu = dev.type == "cuda"
     hf32, tok = models.load(model_name, device=dev, verbose=False)
-    hf16 = models.load(model_name, device=dev, dtype=torch.bfloat16, verbose=False)[0] if on_gpu else None
+    cc = capability.capability(dev) if on_gpu else None
+    half, step = capability.half_dtype(cc), capability.triton_step(cc)
+    if on_gpu and progress:
+        print(f"half precision: {models.dtype_name(half.value)} ({half.why}); Triton step: {step.why}")
+    hf16 = models.load(model_name, device=dev, dtype=half.value, verbose=False)[0] if on_gpu else None
     bw = devices.bandwidth(dev)
     records = []
-    rows = _rows(hf32, hf16, on_gpu)
+    short = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(half.value, "fp32")
+    rows = _rows(hf32, hf16, on_gpu, half=short, triton_step=bool(step))
     for label, model, make, kind in tqdm(rows, desc="ladder", disable=not progress):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from . import capability
 from . import device as devices
 from .quant import block_linears
 
@@ -172,9 +173,11 @@ def to_semi_structured_24(model: nn.Module) -> nn.Module:
     param = next(model.parameters())
     if param.device.type != "cuda":
         raise ValueError("Move the model to the GPU first (model.to('cuda')).")
-    if torch.cuda.get_device_capability(param.device) < (8, 0):
-        name = torch.cuda.get_device_name(param.device)
-        raise RuntimeError(f"2:4 sparse kernels need compute capability 8.0 or newer (Ampere); {name} is older.")
+    choice = capability.sparse_24(capability.capability(param.device))
+    if not choice:
+        raise RuntimeError(
+            f"2:4 sparse kernels cannot run on {torch.cuda.get_device_name(param.device)}: {choice.why}."
+        )
     if param.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"Use fp16 or bf16 weights for the 2:4 kernels, not {param.dtype}.")
     # what to_sparse_semi_structured does, choosing CUTLASS's kernels where torch was built without cuSPARSELt

@@ -45,3 +45,12 @@ def test_cpu_target_uses_the_fastest_row():
     table = ladder.table(records)
     assert table.splitlines()[0].startswith("| setup | tokens/s")
     assert "| FastGPT2, int8 weights (dynamic int8), eager | 110 | 4.4x |" in table
+
+
+def test_gpu_rows_follow_the_capability():
+    """A T4 (7.5) gets fp16 rows and no Triton step; a Hopper GPU gets bf16 rows and the step."""
+    t4 = [label for label, *_ in ladder._rows(None, None, True, half="fp16", triton_step=False)]
+    h100 = [label for label, *_ in ladder._rows(None, None, True, half="bf16", triton_step=True)]
+    assert "generate(), fp16 eager" in t4 and not any("Triton" in x for x in t4)
+    assert any("Triton" in x for x in h100) and len(h100) == len(t4) + 1
+    assert t4[-1].startswith("FastGPT2, int8")
