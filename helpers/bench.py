@@ -187,8 +187,9 @@ def generation(
     mem, mem_kind = _memory(device)
     tpot = max(total["median"] - first["median"], 1e-9) / (new_tokens - 1)
     # the spread of the decode speed: the fastest and slowest full runs, less the median prefill
-    tpot_lo = max(total["min"] - first["median"], 1e-9) / (new_tokens - 1)
-    tpot_hi = max(total["max"] - first["median"], 1e-9) / (new_tokens - 1)
+    floor = 0.5 * tpot * (new_tokens - 1)  # a run faster than the median prefill must not read as unbounded
+    tpot_lo = max(total["min"] - first["median"], floor) / (new_tokens - 1)
+    tpot_hi = max(total["max"] - first["median"], floor) / (new_tokens - 1)
     bw = bandwidth or devices.bandwidth(device)
     weights = model_bytes or param_bytes(model)
     kv = kv_bytes_per_step(model.config, batch, prompt_len + new_tokens / 2, param.element_size())

@@ -99,7 +99,28 @@ def run(path: Path, *, quick: bool, record: bool, timeout: int) -> float:
         "model": env["WORKBOOK_MODEL"],
     }
     nbformat.write(nb, path)
+    if record:
+        record_time(path.name, seconds, quick)
     return seconds
+
+
+def record_time(name: str, seconds: float, quick: bool) -> None:
+    """Keep a notebook's run time in ``results/recorded/runs--<device>.jsonl`` (one row per notebook and mode).
+
+    The README's notebook map and the teacher's guide show these times; a new run replaces the old row.
+    """
+    import json
+
+    from . import results
+
+    ctx = results.run_context()
+    file = results.RECORDED / f"runs--{results.slug(ctx['device_name'])}.jsonl"
+    rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
+    rows = [r for r in rows if not (r["file"] == name and r["quick"] == quick)]
+    rows.append({**ctx, "notebook": "runs", "file": name, "seconds": round(seconds), "minutes": seconds / 60})
+    rows.sort(key=lambda r: (r["quick"], r["file"]))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def main(argv=None) -> int:
