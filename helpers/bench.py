@@ -109,6 +109,8 @@ def forward_step(
         "device": devices.name(dev),
         "first_call_s": first,
         "step_ms": step * 1e3,
+        "step_ms_min": timing["min"] / inner * 1e3,  # fastest timed repeat
+        "step_ms_max": timing["max"] / inner * 1e3,  # slowest timed repeat
         "tok_s": batch / step,
     }
 
