@@ -8,7 +8,11 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: lab test setup clean
+# A folder of wheels for a room without internet: `make wheelhouse` where there is internet, copy the
+# repository with wheelhouse/ to each machine, and `make lab` / `make test` install from it, offline.
+WHEELS := $(if $(wildcard wheelhouse/*.whl),--no-index --find-links wheelhouse,)
+
+.PHONY: lab test setup clean wheelhouse
 
 setup: $(READY)
 
@@ -18,11 +22,15 @@ $(READY): pyproject.toml requirements.txt
 	@# find one, else the CPU index), so that pip never pulls the multi-GB CUDA build on a CPU machine.
 	@if $(BIN)/python -c "import torch" 2>/dev/null; then echo "torch already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install "torch>=2.6,<3"; \
-	elif $(BIN)/pip install -q --no-index --no-deps torch==$(TORCH_VERSION) 2>/dev/null; then \
+	elif $(BIN)/pip install -q --no-index --no-deps $(if $(WHEELS),--find-links wheelhouse,) torch==$(TORCH_VERSION) 2>/dev/null; then \
 	  echo "installed torch $(TORCH_VERSION) from a local wheel"; \
 	else $(BIN)/pip install "torch>=2.6,<3" --index-url https://download.pytorch.org/whl/cpu; fi
-	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install $(WHEELS) -r requirements.txt
 	@touch $(READY)
+
+wheelhouse:
+	$(PYTHON) -m pip download -d wheelhouse "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu
+	$(PYTHON) -m pip download -d wheelhouse --find-links wheelhouse ".[lab,dev]" setuptools  # torch: the CPU wheel above
 
 # Jupyter refuses to run as root unless told; containers and some classroom machines run as root.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)

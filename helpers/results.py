@@ -157,15 +157,24 @@ def _display_markdown(text: str) -> None:
     print(text)
 
 
+def _matches(row: dict, key: str, value) -> bool:
+    """``key=value`` is equality; ``key__prefix=value`` asks the field to start with ``value``."""
+    if key.endswith("__prefix"):
+        return str(row.get(key[: -len("__prefix")], "")).startswith(value)
+    return row.get(key) == value
+
+
 def recorded(notebook: str, device_type: str | None = None, **match) -> dict[str, list[dict]]:
     """Recorded rows of ``notebook`` whose fields equal every ``match`` item, grouped by file.
+
+    A match key ending in ``__prefix`` (``technique__prefix="compile mode"``) matches the start of the field.
 
     ``device_type`` ("cuda", "cpu") keeps only runs on that kind of device.
     """
     found = {}
     for file in sorted(RECORDED.glob(f"{notebook}--*.jsonl")):
         rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+        rows = [r for r in rows if all(_matches(r, k, v) for k, v in match.items())]
         if device_type:
             rows = [r for r in rows if r.get("device_type") == device_type]
         if rows:
@@ -325,6 +334,7 @@ def plot_quality_vs_speed(
 # ---- the README's tables, generated from the recorded runs ----------------------------------------
 
 README = ROOT / "README.md"
+DOCS = [README, ROOT / "docs" / "teaching.md"]  # the documents whose recorded tables are generated
 _BLOCK = re.compile(r"(<!-- recorded (\{.*?\}) -->\n)(.*?)(<!-- /recorded -->)", re.S)
 
 
@@ -337,6 +347,8 @@ def render_readme(text: str) -> str:
 
     def fill(m: re.Match) -> str:
         spec = json.loads(m.group(2))
+        if spec.get("kind") == "ladder_targets":
+            return f"{m.group(1)}{_ladder_targets(spec.get('device_type'))}\n{m.group(4)}"
         body = recorded_markdown(
             spec["notebook"],
             spec["columns"],
@@ -349,24 +361,46 @@ def render_readme(text: str) -> str:
     return _BLOCK.sub(fill, text)
 
 
+def _ladder_targets(device_type: str | None) -> str:
+    """The workbook's speed targets checked against each recorded ladder run (``helpers.ladder.verdict``)."""
+    from .ladder import TARGETS, verdict
+
+    parts = []
+    for file, rows in recorded("ladder", device_type=device_type).items():
+        lines = "\n".join(f"- {line}" for line in verdict(rows))
+        parts.append(f"Targets ({TARGETS[rows[0]['device']]}), {source_line(rows, file)}:\n\n{lines}")
+    return "\n\n".join(parts) or "No recorded ladder run yet: `python -m helpers.ladder --record`."
+
+
 def main(argv=None) -> int:
-    """``python -m helpers.results readme [--check]``: rewrite (or check) the README's recorded tables."""
+    """``python -m helpers.results readme [--check]``: rewrite (or check) the recorded tables of the README and
+    the teacher's guide (``DOCS``)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m helpers.results", description=main.__doc__)
     p.add_argument("what", choices=["readme"])
-    p.add_argument("--check", action="store_true", help="only say whether the README is up to date")
+    p.add_argument("--check", action="store_true", help="only say whether the documents are up to date")
     args = p.parse_args(argv)
-    old = README.read_text()
-    new = render_readme(old)
-    if args.check:
+    stale = []
+    for doc in DOCS:
+        if not doc.exists():
+            continue
+        old = doc.read_text()
+        new = render_readme(old)
         if old != new:
-            print("README.md's recorded tables differ from results/recorded/: run `python -m helpers.results readme`.")
+            stale.append(doc.relative_to(ROOT))
+            if not args.check:
+                doc.write_text(new)
+    if args.check:
+        if stale:
+            print(
+                f"{', '.join(map(str, stale))}: recorded tables differ from results/recorded/; run "
+                "`python -m helpers.results readme`."
+            )
             return 1
-        print("README.md's recorded tables match results/recorded/.")
+        print("the README's and the teacher's guide's recorded tables match results/recorded/.")
         return 0
-    README.write_text(new)
-    print(f"rewrote {len(_BLOCK.findall(old))} recorded tables in README.md")
+    print(f"rewrote the recorded tables of {', '.join(map(str, stale)) or 'nothing (all up to date)'}")
     return 0
 
 

@@ -76,10 +76,11 @@ def test_readme_blocks_are_rebuilt_from_records(recorded_dir, monkeypatch):
     assert results.render_readme(new) == new
 
 
-def test_the_readme_matches_the_recorded_runs():
-    text = results.README.read_text()
-    assert "<!-- recorded " in text, "the README's result tables should be generated from results/recorded/"
-    assert results.render_readme(text) == text, "run `python -m helpers.results readme` and commit the README"
+@pytest.mark.parametrize("doc", results.DOCS, ids=lambda p: p.name)
+def test_the_documents_match_the_recorded_runs(doc):
+    text = doc.read_text()
+    assert "<!-- recorded " in text, f"{doc.name}'s result tables should be generated from results/recorded/"
+    assert results.render_readme(text) == text, "run `python -m helpers.results readme` and commit the result"
 
 
 def test_a_single_run_each_is_no_spread():
