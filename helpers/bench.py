@@ -36,7 +36,11 @@ def prompts() -> list[str]:
 
 def prompt_ids(tokenizer, length: int, batch: int = 1, device=None) -> torch.Tensor:
     """The benchmark prompt as exactly ``length`` token ids (repeated if short), ``batch`` rows."""
+    if length < 1 or batch < 1:
+        raise ValueError(f"prompt length and batch must be at least 1; got {length} and {batch}.")
     ids = tokenizer(prompts()[0])["input_ids"]
+    if not ids:
+        raise ValueError("the tokenizer encodes the benchmark prompt to no tokens: it is empty or broken.")
     while len(ids) < length:
         ids = ids + ids
     row = torch.tensor(ids[:length], dtype=torch.long)
@@ -45,6 +49,8 @@ def prompt_ids(tokenizer, length: int, batch: int = 1, device=None) -> torch.Ten
 
 def time_fn(fn, *, warmup: int = 2, repeats: int = 5, device=None) -> dict:
     """Run ``fn()`` ``warmup`` times, then time ``repeats`` runs; return median, min, max and all times (s)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be at least 1 and warmup at least 0; got {repeats} and {warmup}.")
     device = torch.device(device or devices.pick())
     for _ in range(warmup):
         fn()
@@ -78,6 +84,8 @@ def forward_step(
     for CUDA graphs, "max-autotune", ...). The first call, compilation included, is timed on its own
     (``first_call_s``); each timed repeat runs ``inner`` steps so that short steps are measurable.
     """
+    if batch < 1 or inner < 1:
+        raise ValueError(f"batch and inner must be at least 1; got {batch} and {inner}.")
     param = next(model.parameters())
     dev = param.device
     gen = torch.Generator().manual_seed(seed)
@@ -170,6 +178,8 @@ def generation(
     """
     if new_tokens < 2:
         raise ValueError("new_tokens must be at least 2 to separate prefill from decoding.")
+    if prompt_len < 1 or batch < 1 or repeats < 1:
+        raise ValueError(f"prompt_len, batch and repeats must be at least 1; got {prompt_len}, {batch}, {repeats}.")
     if prompt_len + new_tokens > model.config.n_positions:
         raise ValueError(
             f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the model's "

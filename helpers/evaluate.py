@@ -53,6 +53,8 @@ def perplexity(
     context = context or model.config.n_positions
     if context > model.config.n_positions:
         raise ValueError(f"context={context} is longer than the model's {model.config.n_positions} positions.")
+    if context < 2:
+        raise ValueError(f"context must be at least 2 (a scored token needs one before it); got {context}.")
     stride = stride or context // 2
     if not 0 < stride <= context:
         raise ValueError(f"stride must be in 1..{context}, got {stride}.")
@@ -114,6 +116,8 @@ def greedy_agreement(baseline, candidate, tokenizer, prompts: list[str], new_tok
     the same text (teacher forcing) and we count how often its top token equals the baseline's.
     Unlike comparing two free-running generations, one early disagreement does not poison the rest.
     """
+    if not prompts or new_tokens < 1:
+        raise ValueError("greedy_agreement needs at least one prompt and new_tokens >= 1.")
     base_dev = next(baseline.parameters()).device
     cand_dev = next(candidate.parameters()).device
     agree = total = 0

@@ -537,16 +537,31 @@ class FastGPT2(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}.")
         b, t = input_ids.shape
+        if b < 1 or t < 1:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one prompt token.")
+        if input_ids.is_floating_point() or input_ids.is_complex():
+            raise ValueError(f"input_ids must hold integer token ids, not {input_ids.dtype}.")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(
+                f"token ids must lie in 0..{self.config.vocab_size - 1} (the model's vocabulary); got {lo}..{hi}. "
+                "Was the prompt encoded with another model's tokenizer?"
+            )
         total = t + max_new_tokens
         if max_new_tokens < 1 or total > self.config.n_positions:
             raise ValueError(
                 f"max_new_tokens must be >= 1 and prompt + new tokens within the model's "
                 f"{self.config.n_positions} positions; got {t} + {max_new_tokens}."
             )
-        if temperature < 0 or (top_k is not None and top_k < 1):
-            raise ValueError("temperature must be >= 0 and top_k >= 1.")
+        if not math.isfinite(temperature) or temperature < 0 or (top_k is not None and top_k < 1):
+            raise ValueError(f"temperature must be a finite number >= 0 and top_k >= 1; got {temperature}, {top_k}.")
         ids, pad = input_ids.to(self.device), None
         if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(input_ids.shape):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}: "
+                    "they must match, one mask value per token."
+                )
             mask = attention_mask.to(self.device).long()
             if bool((mask[:, 1:] < mask[:, :-1]).any()):
                 raise ValueError("FastGPT2 needs left padding: in attention_mask, 0s must come before 1s.")

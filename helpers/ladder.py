@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import warnings
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import torch
@@ -174,19 +174,41 @@ def verdict(records: list[dict]) -> list[str]:
     return [f"[{'met' if ok else 'NOT met'}] {text}" for text, ok in checks]
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= ``low``, with an error that says so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2-124m-random", help="a model name of helpers.models")
-    parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--prompt-len", type=_at_least(1), default=32)
+    parser.add_argument("--new-tokens", type=_at_least(2), default=128)
+    parser.add_argument("--repeats", type=_at_least(1), default=5)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the best available)")
     parser.add_argument("--quick", action="store_true", help="16 new tokens, 1 repeat: a smoke test, not a result")
     parser.add_argument("--out", default=None, help="JSON file (default: results/ladder-<device>.json)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument(
         "--record", action="store_true", help="keep the rows in results/recorded/ladder--<device>.jsonl (committed)"
     )
     args = parser.parse_args(argv)
+    try:
+        dev = devices.pick(args.device)  # the same check WORKBOOK_DEVICE gets: cpu, cuda, cuda:N or mps
+        models.resolve(args.model, verbose=False)
+    except (ValueError, RuntimeError) as err:
+        parser.error(str(err))
+    args.device = str(dev)
     if args.record:
         os.environ["WORKBOOK_RECORD"] = "1"
         os.environ.setdefault("WORKBOOK_COMMAND", "python -m helpers.ladder " + " ".join(argv or sys.argv[1:]))
@@ -207,7 +229,10 @@ def main(argv=None) -> None:
         print("  " + line)
     for r in records:
         results.record({**r, "model": args.model}, notebook="ladder", technique=r["label"])
-    out = Path(args.out or f"results/ladder-{dev}.json")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or f"results/ladder-{dev}-{stamp}.json")  # a new file per run: no run overwrites another
+    if out.exists() and not args.force:
+        parser.error(f"{out} exists; choose another --out or pass --force to overwrite it.")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"records": records, "targets": verdict(records)}, indent=1))
     print(f"\nwritten to {out}")

@@ -86,6 +86,14 @@ def check_gpt2_config(source: str | Path, local_only: bool) -> None:
     """Refuse, before loading any weights, a checkpoint whose config is not a GPT-2's; say what was found."""
     from transformers import AutoConfig
 
+    folder = Path(source)
+    if folder.is_dir() and (folder / "config.json").exists() and not list(folder.glob("*.safetensors")):
+        found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+        raise NotGPT2Error(
+            f"{folder} holds no safetensors weights (found: {found}). The workbook loads safetensors only; "
+            "convert with model.save_pretrained(folder) (it writes model.safetensors)."
+        )
+
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError) as err:
@@ -117,7 +125,9 @@ def check_tokenizer(model, tokenizer, source) -> None:
 
 def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
     """True if the Hugging Face Hub answers within ``timeout`` seconds (and HF_HUB_OFFLINE is unset)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    from .notebook import env_flag
+
+    if env_flag("HF_HUB_OFFLINE"):
         return False
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     try:
@@ -137,7 +147,9 @@ def resolve(name: str | None = None, verbose: bool = True) -> str:
     if name != "auto":
         _check_name(name)
         return name
-    if os.environ.get("WORKBOOK_HUB_MIRROR") or hub_reachable():
+    if os.environ.get("WORKBOOK_HUB_MIRROR"):
+        chosen, why = "gpt2", "WORKBOOK_HUB_MIRROR is set, so Hub names load from that folder"
+    elif hub_reachable():
         chosen, why = "gpt2", "the Hugging Face Hub answered"
     else:
         chosen, why = "pocket", f"the Hugging Face Hub did not answer within {HUB_TIMEOUT_S:.0f} s"
@@ -173,11 +185,24 @@ def verify(model_dir: Path | str) -> dict[str, str]:
         raise FileNotFoundError(
             f"{sums} is missing, so the weights cannot be verified. Restore the folder with `git checkout -- data/`."
         )
+    restore = f"Restore the folder with `git checkout -- {model_dir}`."
     expected = {}
-    for line in sums.read_text().splitlines():
-        if line.strip():
-            digest, fname = line.split(maxsplit=1)
-            expected[fname.strip().lstrip("*")] = digest
+    for number, line in enumerate(sums.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 64 or any(c not in "0123456789abcdef" for c in parts[0].lower()):
+            raise ChecksumError(f"{sums}:{number} is not a 'sha256  file' line: {line[:80]!r}. {restore}")
+        expected[parts[1].strip().lstrip("*")] = parts[0].lower()
+    if not expected:
+        raise ChecksumError(f"{sums} lists no files, so nothing could be verified. {restore}")
+    weights = {p.name for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")}
+    unlisted = sorted(weights - set(expected))
+    if unlisted:
+        raise ChecksumError(
+            f"{model_dir} holds weight files that SHA256SUMS does not list: {', '.join(unlisted)}. They could be "
+            f"loaded instead of the checked ones; remove them. {restore}"
+        )
     for fname, digest in expected.items():
         path = model_dir / fname
         if not path.exists():

@@ -13,11 +13,25 @@ import random
 import warnings
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """An on/off environment variable, read strictly: 1/true/yes/on or 0/false/no/off (any case), else an error."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r} is neither on nor off: use 1 (or true, yes, on) or 0 (or false, no, off).")
 
 
 def is_quick() -> bool:
     """True when ``WORKBOOK_QUICK`` asks for the small, fast version of every step."""
-    return os.environ.get("WORKBOOK_QUICK", "0").strip().lower() in _TRUE
+    return env_flag("WORKBOOK_QUICK")
 
 
 def pick(full, quick):

@@ -25,18 +25,56 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDED = ROOT / "results" / "recorded"  # committed: runs on other devices, read by notebooks and the README
-_TRUE = {"1", "true", "yes", "on"}
 _started: set[Path] = set()  # recorded files this process has begun (each run replaces its file)
 
 
 def path() -> Path:
     """Where the log lives: ``WORKBOOK_RESULTS`` if set, else ``results/results.jsonl`` in the repository."""
-    return Path(os.environ.get("WORKBOOK_RESULTS") or ROOT / "results" / "results.jsonl")
+    target = Path(os.environ.get("WORKBOOK_RESULTS") or ROOT / "results" / "results.jsonl")
+    if target.suffix != ".jsonl" or target.is_dir():
+        raise ValueError(
+            f"WORKBOOK_RESULTS={str(target)!r}: the result log must be a .jsonl file (JSON lines), "
+            "for example results/results.jsonl."
+        )
+    return target
+
+
+def _append(target: Path, line: str, mode: str = "a") -> None:
+    """Write one JSON line; if the file's last line was cut short (a crash mid-write), start on a new line."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, mode + "b" if mode == "w" else "a+b") as f:
+        if mode != "w" and f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((line + "\n").encode())
+
+
+def read_jsonl(target: Path) -> list[dict]:
+    """Every good record of a JSON-lines file; a bad line is skipped with a warning naming the file and line."""
+    import warnings
+
+    rows = []
+    for number, line in enumerate(target.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            warnings.warn(f"{target}:{number} is not a JSON record and was skipped: {line[:80]!r}", stacklevel=2)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            warnings.warn(f"{target}:{number} is not a JSON object and was skipped", stacklevel=2)
+    return rows
 
 
 def recording() -> bool:
     """True when ``WORKBOOK_RECORD`` asks to keep this run's records in ``results/recorded/`` (committed)."""
-    return os.environ.get("WORKBOOK_RECORD", "0").strip().lower() in _TRUE
+    from .notebook import env_flag
+
+    return env_flag("WORKBOOK_RECORD")
 
 
 def run_context() -> dict:
@@ -81,17 +119,11 @@ def record(rec: dict, notebook: str, **extra) -> dict:
     """
     row = {**rec, **extra, "notebook": notebook, "logged_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     line = json.dumps(row, default=_json_safe)  # fails before anything is written if a value cannot be stored
-    target = path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "a") as f:
-        f.write(line + "\n")
+    _append(path(), line)
     if recording():
         ctx = run_context()
-        kept = {**ctx, **row}
         file = RECORDED / f"{notebook}--{slug(ctx['device_name'])}.jsonl"
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with open(file, "w" if file not in _started else "a") as f:
-            f.write(json.dumps(kept, default=_json_safe) + "\n")
+        _append(file, json.dumps({**ctx, **row}, default=_json_safe), "a" if file in _started else "w")
         _started.add(file)
     return json.loads(line)
 
@@ -101,13 +133,7 @@ def load(**match) -> list[dict]:
     target = path()
     if not target.exists():
         return []
-    rows = []
-    for line in target.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if all(row.get(k) == v for k, v in match.items()):
-                rows.append(row)
-    return rows
+    return [row for row in read_jsonl(target) if all(row.get(k) == v for k, v in match.items())]
 
 
 def _fmt(value, spec: str = "") -> str:
@@ -173,8 +199,7 @@ def recorded(notebook: str, device_type: str | None = None, **match) -> dict[str
     """
     found = {}
     for file in sorted(RECORDED.glob(f"{notebook}--*.jsonl")):
-        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if all(_matches(r, k, v) for k, v in match.items())]
+        rows = [r for r in read_jsonl(file) if all(_matches(r, k, v) for k, v in match.items())]
         if device_type:
             rows = [r for r in rows if r.get("device_type") == device_type]
         if rows:

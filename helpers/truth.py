@@ -112,6 +112,17 @@ def unbacked(nb: dict) -> list[Unbacked]:
     return problems
 
 
+def counts(nb: dict) -> dict:
+    """How many numbers the prose states (checked against code and outputs) and how many are marked definitional."""
+    checked = marked = 0
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            text = "".join(cell["source"])
+            checked += len(numbers(text))
+            marked += sum(len(re.split(r",\s+|\s+", m.group(1).strip())) for m in _MARK.finditer(text))
+    return {"numbers checked": checked, "marked definitional": marked}
+
+
 def source_hash(source: str | list[str]) -> str:
     """SHA-256 of a cell's source, as ``helpers.execute`` stamps it."""
     text = "".join(source) if isinstance(source, list) else source
@@ -155,12 +166,21 @@ def check(path: Path | str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    """``python -m helpers.truth [NOTEBOOK ...]``: run both checks (all notebooks by default)."""
+    """``python -m helpers.truth [--count] [NOTEBOOK ...]``: run both checks (all notebooks by default).
+
+    ``--count`` also prints how many numbers each notebook's prose states and how many are marked definitional.
+    """
     import sys
 
     paths = (argv if argv is not None else sys.argv[1:]) or sorted(
         (Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")
     )
+    if "--count" in paths:
+        paths = [p for p in paths if p != "--count"] or sorted(
+            (Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")
+        )
+        for path in paths:
+            print(Path(path).name, counts(json.loads(Path(path).read_text())))
     problems = [p for path in paths for p in check(path)]
     print("\n".join(problems) or f"{len(paths)} notebooks: every number in the prose is backed; outputs are fresh.")
     return 1 if problems else 0
