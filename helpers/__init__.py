@@ -3,12 +3,16 @@
 Each module has one job; the notebooks import what they need:
 
 - ``helpers.notebook``  quick mode, warning filters, the set-up banner
-- ``helpers.device``    which device to use, what the hardware is, its memory bandwidth
+- ``helpers.device``    which device to use, what the hardware is (CPU instruction sets too), its memory bandwidth
+- ``helpers.capability`` what a GPU can do from its compute capability, and what the workbook chooses there
 - ``helpers.models``    the model zoo: ``load(name)`` for every model the workbook uses
 - ``helpers.data``      the Python standard library as a corpus, split by file
 - ``helpers.bench``     timing of generation (TTFT, decode tokens/s, memory, speed of light) and of one decode step
 - ``helpers.evaluate``  perplexity and greedy-token agreement
-- ``helpers.results``   the local result log and its plots
+- ``helpers.results``   the result log, recorded runs from other devices, verdicts from data, plots, the README's tables
+- ``helpers.truth``     the checks that prose numbers are backed by outputs and that outputs are fresh
+- ``helpers.execute``   ``python -m helpers.execute``: run notebooks the way committed outputs are made
+- ``helpers.colab``     the repository's address, every notebook's Colab badge and set-up cell
 - ``helpers.train``     a compact training loop
 - ``helpers.recipe``    how the pocket models were made (tokenizer, configs, model card)
 - ``helpers.checks``    checks for the exercises

@@ -224,9 +224,10 @@ def recorded_markdown(
     """The recorded rows of ``notebook`` as Markdown: one table per recorded run, each under its source line."""
     found = recorded(notebook, device_type=device_type, **match)
     if not found:
+        where = {"cuda": "on a GPU ", "cpu": "on a CPU "}.get(device_type or "", "")
         return (
-            f"No recorded run of notebook {notebook} matches {match or 'this request'} yet. Execute the notebook "
-            "on that device with WORKBOOK_RECORD=1 (`python -m helpers.execute --record ...`) to make one."
+            f"No run of this {where}has been recorded yet, so there is nothing to show here. (Runs are recorded "
+            f"with `python -m helpers.execute --record notebooks/{notebook}.ipynb` on the device.)"
         )
     parts = []
     for file, rows in found.items():

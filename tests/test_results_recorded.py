@@ -63,7 +63,7 @@ def test_recording_keeps_rows_with_their_context_and_a_rerun_replaces_them(recor
 
 
 def test_missing_recorded_run_says_how_to_make_one(recorded_dir):
-    assert "No recorded run" in results.recorded_markdown("nothing", ["x"])
+    assert "has been recorded yet" in results.recorded_markdown("nothing", ["x"], device_type="cuda")
 
 
 def test_readme_blocks_are_rebuilt_from_records(recorded_dir, monkeypatch):
