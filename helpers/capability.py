@@ -63,28 +63,26 @@ def half_dtype(cc: tuple[int, int] | None) -> Choice:
     return Choice(torch.float16, f"{_cc(cc)} has no bf16 arithmetic (it came with 8.0, Ampere): fp16 instead")
 
 
-def fp8(cc: tuple[int, int] | None) -> Choice:
+def _needs(cc, minimum: tuple[int, int], feature: str, arrived: str) -> Choice:
+    """Yes from compute capability ``minimum`` on, with the reason either way."""
+    need = f"{minimum[0]}.{minimum[1]}"
     if cc is None:
-        return Choice(False, "no CUDA GPU: fp8 matrix multiplies need fp8 tensor cores (8.9 and newer)")
-    if cc >= (8, 9):
-        return Choice(True, f"{_cc(cc)} has fp8 tensor cores")
-    return Choice(False, f"{_cc(cc)} has no fp8 tensor cores (they came with 8.9: Ada, Hopper)")
+        return Choice(False, f"no CUDA GPU: {feature} needs compute capability {need} or newer")
+    if cc >= minimum:
+        return Choice(True, f"{_cc(cc)} has {feature}")
+    return Choice(False, f"{_cc(cc)} lacks {feature} (it came with {need}, {arrived})")
+
+
+def fp8(cc: tuple[int, int] | None) -> Choice:
+    return _needs(cc, (8, 9), "fp8 tensor cores", "Ada and Hopper")
 
 
 def sparse_24(cc: tuple[int, int] | None) -> Choice:
-    if cc is None:
-        return Choice(False, "no CUDA GPU: 2:4 sparse kernels need sparse tensor cores (8.0 and newer)")
-    if cc >= (8, 0):
-        return Choice(True, f"{_cc(cc)} has sparse tensor cores")
-    return Choice(False, f"{_cc(cc)} has no sparse tensor cores (they came with 8.0, Ampere)")
+    return _needs(cc, (8, 0), "sparse tensor cores (2:4)", "Ampere")
 
 
 def int4_weights(cc: tuple[int, int] | None) -> Choice:
-    if cc is None:
-        return Choice(False, "no CUDA GPU: torchao's int4 weight-only kernels are for GPUs of 8.0 and newer")
-    if cc >= (8, 0):
-        return Choice(True, f"{_cc(cc)} runs torchao's int4 weight-only kernels")
-    return Choice(False, f"{_cc(cc)} is older than torchao's int4 kernels need (8.0)")
+    return _needs(cc, (8, 0), "the kernels torchao's int4 weight-only layers use", "Ampere")
 
 
 def pdl(cc: tuple[int, int] | None) -> Choice:
