@@ -277,8 +277,8 @@ def load(
             check_gpt2_config(source, local_only)
             model, tokenizer = _load_pretrained(source, dtype, local_only)
         except NotGPT2Error as err:
-            if "no readable config.json" not in str(err):
-                raise
+            if mirror or "no readable config.json" not in str(err):
+                raise  # what is wrong with the folder, not "the Hub is unreachable"
             raise RuntimeError(
                 f"Could not load {name!r} ({spec.source}): the Hugging Face Hub is not reachable "
                 "from here and the model is not in the local cache. Use WORKBOOK_MODEL=pocket "

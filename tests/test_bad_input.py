@@ -164,3 +164,10 @@ def test_the_ladder_asks_for_a_gpu_it_does_not_have(capsys):
 def test_json_safe_keeps_numbers_numbers(tmp_path):
     row = results.record({"v": torch.tensor(2.5)}, notebook="t")
     assert json.loads(results.path().read_text().splitlines()[-1])["v"] == 2.5 == row["v"]
+
+
+def test_an_empty_mirror_folder_says_what_is_wrong_with_it(tmp_path, monkeypatch):
+    (tmp_path / "distilgpt2").mkdir()
+    monkeypatch.setenv("WORKBOOK_HUB_MIRROR", str(tmp_path))
+    with pytest.raises(models.NotGPT2Error, match="no readable config.json"):
+        models.load("distilgpt2", device="cpu")
