@@ -197,15 +197,15 @@ def generation(
         torch.cuda.reset_peak_memory_stats(device)
     total = time_fn(lambda: generate_fn(ids, new_tokens), warmup=warmup, repeats=repeats, device=device)
     mem, mem_kind = _memory(device)
-    # The decode time (total - prefill) is normally most of the total; when noise makes it less than half of
-    # the total's share of n-1 tokens, it is held at that floor and the record says so ("timing_noisy").
-    floor = 0.5 * total["median"] * (new_tokens - 1) / new_tokens
+    # Decode time = total - prefill. A slow prefill (fp16 emulated on a CPU, say) can be most of the total, so
+    # only a decode time that noise made (nearly) zero or negative is held at a small floor, and the record
+    # says so ("timing_noisy"); the spread uses the same floor, so the median always lies within it.
+    floor = 0.02 * total["median"]
     noisy = total["median"] - first["median"] < floor
     tpot = max(total["median"] - first["median"], floor) / (new_tokens - 1)
     # the spread of the decode speed: the fastest and slowest full runs, less the median prefill
-    run_floor = 0.5 * tpot * (new_tokens - 1)  # a run faster than the median prefill must not read as unbounded
-    tpot_lo = max(total["min"] - first["median"], run_floor) / (new_tokens - 1)
-    tpot_hi = max(total["max"] - first["median"], run_floor) / (new_tokens - 1)
+    tpot_lo = min(max(total["min"] - first["median"], floor) / (new_tokens - 1), tpot)
+    tpot_hi = max(max(total["max"] - first["median"], floor) / (new_tokens - 1), tpot)
     bw = bandwidth or devices.bandwidth(device)
     weights = model_bytes or param_bytes(model)
     kv = kv_bytes_per_step(model.config, batch, prompt_len + new_tokens / 2, param.element_size())

@@ -114,3 +114,21 @@ def test_forward_step_times_one_token_per_sequence(tiny_model):
     assert rec["batch"] == 3 and rec["mode"] == "eager"
     assert rec["tok_s"] == pytest.approx(3 / (rec["step_ms"] / 1e3))
     assert rec["first_call_s"] > 0
+
+
+def test_a_slow_prefill_keeps_the_decode_speed_and_its_spread_consistent(tiny_model, tokenizer, monkeypatch):
+    """A prefill that is most of the total (fp16 emulated on a CPU) must not floor the decode speed."""
+    from helpers import bench
+
+    calls = []
+
+    def fake_time_fn(fn, warmup=2, repeats=5, device=None):
+        calls.append(1)
+        if len(calls) == 1:  # the one-token run: a slow prefill
+            return {"median": 3.4, "min": 3.4, "max": 3.5, "times": []}
+        return {"median": 4.8, "min": 4.75, "max": 4.9, "times": []}  # 12 tokens: 1.4 s of decoding
+
+    monkeypatch.setattr(bench, "time_fn", fake_time_fn)
+    rec = bench.generation(tiny_model, tokenizer, prompt_len=8, new_tokens=12, bandwidth=1e10)
+    assert rec["decode_tok_s"] == pytest.approx(11 / 1.4) and not rec["timing_noisy"]
+    assert rec["decode_tok_s_min"] <= rec["decode_tok_s"] <= rec["decode_tok_s_max"]
