@@ -209,6 +209,10 @@ def main(argv=None) -> None:
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
     args.device = str(dev)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or f"results/ladder-{dev.type}-{stamp}.json")  # a new file per run: none overwrites another
+    if out.exists() and not args.force:  # said before anything is measured
+        parser.error(f"{out} exists; choose another --out or pass --force to overwrite it.")
     if args.record:
         os.environ["WORKBOOK_RECORD"] = "1"
         os.environ.setdefault("WORKBOOK_COMMAND", "python -m helpers.ladder " + " ".join(argv or sys.argv[1:]))
@@ -218,21 +222,17 @@ def main(argv=None) -> None:
     records = run(
         args.model, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats, device=args.device
     )
-    dev = records[0]["device"]
+    kind = records[0]["device"]
     print(
         f"\n{records[0]['device_name']}, torch {torch.__version__}, {date.today().isoformat()}, {args.model}, "
         f"batch 1, {args.prompt_len}-token prompt, {args.new_tokens} new tokens, median of {args.repeats}\n"
     )
     print(table(records))
-    print(f"\ntargets ({TARGETS[dev]}):")
+    print(f"\ntargets ({TARGETS[kind]}):")
     for line in verdict(records):
         print("  " + line)
     for r in records:
         results.record({**r, "model": args.model}, notebook="ladder", technique=r["label"])
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out or f"results/ladder-{dev}-{stamp}.json")  # a new file per run: no run overwrites another
-    if out.exists() and not args.force:
-        parser.error(f"{out} exists; choose another --out or pass --force to overwrite it.")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"records": records, "targets": verdict(records)}, indent=1))
     print(f"\nwritten to {out}")

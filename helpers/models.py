@@ -271,6 +271,7 @@ def load(
             source, local_only = Path(mirror) / name, True
             if not source.is_dir():
                 raise FileNotFoundError(f"WORKBOOK_HUB_MIRROR is set, but {source} does not exist.")
+            spec = Spec(spec.kind, str(source), f"{name} from the local mirror {source} (WORKBOOK_HUB_MIRROR)")
         else:
             source, local_only = spec.source, not hub_reachable()
         try:

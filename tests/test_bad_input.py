@@ -171,3 +171,20 @@ def test_an_empty_mirror_folder_says_what_is_wrong_with_it(tmp_path, monkeypatch
     monkeypatch.setenv("WORKBOOK_HUB_MIRROR", str(tmp_path))
     with pytest.raises(models.NotGPT2Error, match="no readable config.json"):
         models.load("distilgpt2", device="cpu")
+
+
+def test_the_ladder_refuses_to_overwrite_before_measuring(tmp_path, capsys):
+    out = tmp_path / "ladder.json"
+    out.write_text("{}")
+    with pytest.raises(SystemExit):
+        ladder.main(["--out", str(out), "--model", "pocket"])
+    assert "exists; choose another --out or pass --force" in capsys.readouterr().err
+    assert out.read_text() == "{}"
+
+
+def test_a_mirror_load_says_it_came_from_the_mirror(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "distilgpt2"
+    shutil.copytree(models.folder("pocket-draft"), folder)
+    monkeypatch.setenv("WORKBOOK_HUB_MIRROR", str(tmp_path))
+    models.load("distilgpt2", device="cpu")
+    assert "from the local mirror" in capsys.readouterr().out
