@@ -210,12 +210,12 @@ def recorded(notebook: str, device_type: str | None = None, **match) -> dict[str
 def source_line(rows: list[dict], file: str) -> str:
     """Where recorded figures come from: device, CPU, versions, date, mode and file."""
     r = rows[0]
-    cpu = f" (host CPU: {r['cpu']})" if r.get("device_type") == "cuda" else f" ({r['cpu']})" if r.get("cpu") else ""
+    if r.get("device_type") == "cpu" and r.get("cpu"):
+        where = f"CPU: {r['cpu']}"  # the model, the threads and the instruction sets
+    else:
+        where = r.get("device_name", "?") + (f" (host CPU: {r['cpu']})" if r.get("cpu") else "")
     mode = "quick mode" if r.get("quick") else "full mode"
-    return (
-        f"{r.get('device_name', '?')}{cpu}, torch {r.get('torch', '?')}, {r.get('date', '?')}, {mode}; "
-        f"recorded in `{file}`"
-    )
+    return f"{where}, torch {r.get('torch', '?')}, {r.get('date', '?')}, {mode}; recorded in `{file}`"
 
 
 def recorded_markdown(
