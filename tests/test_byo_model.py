@@ -108,3 +108,13 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(own_gpt2, tmp_path):
 def test_a_name_that_is_neither_is_refused_with_the_choices():
     with pytest.raises(models.UnknownModelError, match="save_pretrained.*Hub id"):
         models.load("gpt5", device="cpu")
+
+
+def test_a_gpt2_hub_id_loads_through_the_same_code(own_gpt2, tmp_path, monkeypatch, capsys):
+    """A Hub id (owner/name) of a GPT-2 loads through the Hub path; here from a local mirror of the Hub."""
+    shutil.copytree(own_gpt2, tmp_path / "someone" / "tiny-gpt2")
+    monkeypatch.setenv("WORKBOOK_HUB_MIRROR", str(tmp_path))
+    monkeypatch.setenv("WORKBOOK_MODEL", "someone/tiny-gpt2")
+    model, tok = models.load(device="cpu")
+    assert model.config.n_embd == 120 and len(tok) == 1000
+    assert "someone/tiny-gpt2 from the local mirror" in capsys.readouterr().out
