@@ -5,6 +5,7 @@ The checks run on every committed notebook, and each is shown to fail on a plant
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,8 @@ def test_committed_notebook_has_its_frame(path):
     nb = json.loads(path.read_text())
     md = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
     assert "You will learn" in md, f"{path.name}: the opening 'You will learn' list is missing"
-    assert "## What you learned" in md, f"{path.name}: the closing 'What you learned' section is missing"
+    closing = re.search(r"(?m)^## (\d+\. )?What you learned", md)
+    assert closing, f"{path.name}: the closing 'What you learned' section is missing"
     assert "seed article" not in md.lower(), f"{path.name}: call it the article this workbook grew from"
     assert nb["metadata"].get("workbook", {}).get("mode") == "full", (
         f"{path.name}: committed outputs must come from a full-mode run of `python -m helpers.execute`"
