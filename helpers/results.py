@@ -222,7 +222,11 @@ def recorded_markdown(
     notebook: str, columns: list[str], headers: list[str] | None = None, device_type: str | None = None, **match
 ) -> str:
     """The recorded rows of ``notebook`` as Markdown: one table per recorded run, each under its source line."""
-    found = recorded(notebook, device_type=device_type, **match)
+    return _render(notebook, recorded(notebook, device_type=device_type, **match), columns, headers, device_type)
+
+
+def _render(notebook, found, columns, headers, device_type) -> str:
+    """Recorded rows (``recorded()``'s result) as Markdown tables under their source lines."""
     if not found:
         where = {"cuda": "on a GPU ", "cpu": "on a CPU "}.get(device_type or "", "")
         return (
@@ -239,8 +243,9 @@ def show_recorded(
     notebook: str, columns: list[str], headers: list[str] | None = None, device_type: str | None = None, **match
 ) -> dict[str, list[dict]]:
     """Display the recorded rows of ``notebook`` (see ``recorded_markdown()``) and return them."""
-    _display_markdown(recorded_markdown(notebook, columns, headers, device_type=device_type, **match))
-    return recorded(notebook, device_type=device_type, **match)
+    found = recorded(notebook, device_type=device_type, **match)  # the files are read once
+    _display_markdown(_render(notebook, found, columns, headers, device_type))
+    return found
 
 
 # ---- verdicts from data -------------------------------------------------------------------------
