@@ -7,9 +7,11 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.capability`` what a GPU can do from its compute capability, and what the workbook chooses there
 - ``helpers.models``    the model zoo: ``load(name)`` for every model the workbook uses
 - ``helpers.data``      the Python standard library as a corpus, split by file
+- ``helpers.timing``    the one timing discipline: warm-up, repeats, median and spread, the GPU synchronised
 - ``helpers.bench``     timing of generation (TTFT, decode tokens/s, memory, speed of light) and of one decode step
 - ``helpers.evaluate``  perplexity and greedy-token agreement
-- ``helpers.results``   the result log, recorded runs from other devices, verdicts from data, plots, the README's tables
+- ``helpers.results``   the result log, recorded runs from other devices, verdicts from data, plots
+- ``helpers.readme``    ``python -m helpers.readme``: the README's and teacher's guide's tables from recorded runs
 - ``helpers.truth``     the checks that prose numbers are backed by outputs and that outputs are fresh
 - ``helpers.execute``   ``python -m helpers.execute``: run notebooks the way committed outputs are made
 - ``helpers.colab``     the repository's address, every notebook's Colab badge and set-up cell

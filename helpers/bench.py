@@ -10,21 +10,22 @@ of new tokens:
   device's measured memory bandwidth, and the fraction of that limit the run reached.
 
 Every figure is the median of ``repeats`` timed runs after ``warmup`` runs, with the GPU
-synchronised around each. ``time_fn()`` is the same discipline for any function.
+synchronised around each. ``time_fn()`` (from ``helpers.timing``) is the same discipline for any function.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import device as devices
 from .models import count_params, dtype_name, param_bytes
+from .timing import time_fn  # the one timing discipline, also bench.time_fn for the notebooks
 
 PROMPTS_FILE = Path(__file__).resolve().parent.parent / "data" / "prompts.json"
 
@@ -45,23 +46,6 @@ def prompt_ids(tokenizer, length: int, batch: int = 1, device=None) -> torch.Ten
         ids = ids + ids
     row = torch.tensor(ids[:length], dtype=torch.long)
     return row.repeat(batch, 1).to(device or "cpu")
-
-
-def time_fn(fn, *, warmup: int = 2, repeats: int = 5, device=None) -> dict:
-    """Run ``fn()`` ``warmup`` times, then time ``repeats`` runs; return median, min, max and all times (s)."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be at least 1 and warmup at least 0; got {repeats} and {warmup}.")
-    device = torch.device(device or devices.pick())
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        devices.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        devices.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "times": times}
 
 
 def forward_step(
@@ -121,6 +105,52 @@ def forward_step(
         "step_ms_max": timing["max"] / inner * 1e3,  # slowest timed repeat
         "tok_s": batch / step,
     }
+
+
+def step_speed(rec: dict) -> dict:
+    """Tokens/s of a ``forward_step()`` record with its spread, as ``results.verdict()`` takes it."""
+    return {
+        "median": rec["tok_s"],
+        "min": rec["batch"] * 1e3 / rec["step_ms_max"],  # the slowest repeat gives the lowest speed
+        "max": rec["batch"] * 1e3 / rec["step_ms_min"],
+    }
+
+
+def _stored_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor takes as stored: a quantized tensor (torchao) by its integer data and scales."""
+    names = [*(getattr(t, "tensor_data_names", None) or []), *(getattr(t, "optional_tensor_data_names", None) or [])]
+    parts = [getattr(t, n, None) for n in names]  # torchao's tensors list what they store
+    parts = [p for p in parts if isinstance(p, torch.Tensor)]
+    if parts:
+        return sum(p.numel() * p.element_size() for p in parts)
+    return t.numel() * t.element_size()
+
+
+def step_weight_bytes(model: nn.Module) -> int:
+    """Bytes of weights one batch-1 decode step reads, each in the format it is stored in.
+
+    Every matrix counts once (tied weights once). Quantized layers count their stored bytes: torch.ao's
+    dynamic int8 ``Linear`` its int8 codes, torchao's tensors their integer data and scales. An embedding
+    table counts one row (a step looks up one token and one position), except a token embedding tied to
+    the output layer, which the output layer reads whole. The KV cache is not included.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_weight = getattr(head, "weight", None)
+    seen, total = set(), 0
+    for mod in model.modules():
+        if isinstance(mod, torch.ao.nn.quantized.dynamic.Linear):  # int8 codes, not parameters
+            bias = mod.bias()
+            total += mod.weight().numel() + (0 if bias is None else bias.numel() * bias.element_size())
+            continue
+        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            if isinstance(mod, nn.Embedding) and t is not head_weight:
+                total += t.shape[-1] * t.element_size()  # one row per step
+            else:
+                total += _stored_bytes(t)
+    return total
 
 
 def hf_generate(model, pad_token_id: int | None = None, **kwargs):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from . import timing
+
 VALID = ("cpu", "cuda", "mps")
 
 
@@ -71,13 +73,7 @@ def require_cuda(step: str) -> None:
         )
 
 
-def synchronize(device: torch.device | str) -> None:
-    """Wait for queued GPU work, so host clocks measure what the device did."""
-    kind = torch.device(device).type
-    if kind == "cuda":
-        torch.cuda.synchronize()
-    elif kind == "mps":
-        torch.mps.synchronize()
+synchronize = timing.synchronize  # wait for queued GPU work (helpers.timing), as device.synchronize too
 
 
 def name(device: torch.device | str | None = None) -> str:
@@ -194,10 +190,8 @@ def _cached(key: str, measure, refresh: bool) -> float:
 
 
 def _median_time(fn, device: torch.device, repeats: int) -> float:
-    """The workbook's one timing discipline (``helpers.bench.time_fn``), imported late to avoid a cycle."""
-    from .bench import time_fn
-
-    return time_fn(fn, warmup=2, repeats=repeats, device=device)["median"]
+    """The workbook's one timing discipline (``helpers.timing.time_fn``)."""
+    return timing.time_fn(fn, warmup=2, repeats=repeats, device=device)["median"]
 
 
 def bandwidth(

@@ -362,10 +362,10 @@ def csr_vs_dense(
     of ``W`` to fill ``working_set_mib`` (more than a CPU's last-level cache) instead of one matrix
     that would stay in cache. Each row: shape, sparsity, dense and CSR time per product (microseconds),
     their ratio (CSR / dense: below 1 means CSR is faster) and the bytes each format stores (CSR:
-    values + int64 column indices + row pointers). Timings use ``helpers.bench.time_fn`` (median of
+    values + int64 column indices + row pointers). Timings use ``helpers.timing.time_fn`` (median of
     ``repeats`` runs).
     """
-    from .bench import time_fn
+    from .timing import time_fn
 
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)

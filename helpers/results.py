@@ -7,7 +7,7 @@
   ``results/recorded/<notebook>--<device>.jsonl``, which is committed. That is how a figure measured on
   another device (the lent H100 / H200) reaches a notebook executed on a CPU, and the README: by code that
   reads the file (``show_recorded()``), with the device, date and versions of the run that wrote it.
-  ``python -m helpers.results readme`` rewrites the README's tables from these files; a test checks them.
+  ``python -m helpers.readme`` rewrites the README's tables from these files; a test checks them.
 - ``verdict(a, b)`` turns two measurements with their spread into the sentence a notebook prints
   ("1.31x faster", "within noise"), so that no comparison is typed into prose.
 - ``table()`` formats records as a Markdown table; ``plot_tokens_per_s()`` and
@@ -117,7 +117,9 @@ def record(rec: dict, notebook: str, **extra) -> dict:
     notebook and device (``results/recorded/<notebook>--<device>.jsonl``); the first row a process writes
     there replaces what an earlier run of the same notebook on the same device left.
     """
-    row = {**rec, **extra, "notebook": notebook, "logged_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    from .notebook import is_quick
+
+    row = {"quick": is_quick(), **rec, **extra, "notebook": notebook, "logged_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     line = json.dumps(row, default=_json_safe)  # fails before anything is written if a value cannot be stored
     _append(path(), line)
     if recording():
@@ -248,6 +250,34 @@ def show_recorded(
     return found
 
 
+def run_times(file: str) -> list[dict]:
+    """The recorded run times of notebook ``file`` (``"02_mixed_precision.ipynb"``): one row per device and mode."""
+    rows = [r for runs in sorted(RECORDED.glob("runs--*.jsonl")) for r in read_jsonl(runs) if r.get("file") == file]
+    return sorted(rows, key=lambda r: (bool(r.get("quick")), r.get("device_type") != "cpu", r.get("device_name", "")))
+
+
+def run_times_markdown(file: str) -> str:
+    """How long notebook ``file`` took in its recorded runs, per device and mode, as Markdown."""
+    rows = run_times(file)
+    if not rows:
+        return (
+            f"No run of {file} has been recorded yet (`python -m helpers.execute --record notebooks/{file}` "
+            "records one)."
+        )
+    lines = ["**How long this notebook takes**, from its recorded runs (`python -m helpers.execute --record`):", ""]
+    for r in rows:
+        where = f"CPU: {r['cpu']}" if r.get("device_type") == "cpu" and r.get("cpu") else r.get("device_name", "?")
+        mode = "quick mode (what the tests run)" if r.get("quick") else "full mode (the default)"
+        lines.append(f"- {mode}: {r['minutes']:.1f} min on {where} (torch {r.get('torch', '?')}, {r.get('date', '?')})")
+    return "\n".join(lines)
+
+
+def show_run_times(file: str) -> list[dict]:
+    """Display ``run_times_markdown(file)`` in a notebook (or print it) and return the rows."""
+    _display_markdown(run_times_markdown(file))
+    return run_times(file)
+
+
 # ---- verdicts from data -------------------------------------------------------------------------
 
 
@@ -360,80 +390,3 @@ def plot_quality_vs_speed(
     ax.set_ylabel(f"{quality} (lower is better)")
     ax.set_title(title or "Quality vs speed")
     return ax
-
-
-# ---- the README's tables, generated from the recorded runs ----------------------------------------
-
-README = ROOT / "README.md"
-DOCS = [README, ROOT / "docs" / "teaching.md"]  # the documents whose recorded tables are generated
-_BLOCK = re.compile(r"(<!-- recorded (\{.*?\}) -->\n)(.*?)(<!-- /recorded -->)", re.S)
-
-
-def render_readme(text: str) -> str:
-    """``text`` with every ``<!-- recorded {...} -->`` block's body rebuilt from the recorded runs.
-
-    The JSON in the marker gives ``notebook``, ``columns`` and optionally ``headers``, ``device_type``
-    and ``match`` (fields every row must equal).
-    """
-
-    def fill(m: re.Match) -> str:
-        spec = json.loads(m.group(2))
-        if spec.get("kind") == "ladder_targets":
-            return f"{m.group(1)}{_ladder_targets(spec.get('device_type'))}\n{m.group(4)}"
-        body = recorded_markdown(
-            spec["notebook"],
-            spec["columns"],
-            spec.get("headers"),
-            device_type=spec.get("device_type"),
-            **spec.get("match", {}),
-        )
-        return f"{m.group(1)}{body}\n{m.group(4)}"
-
-    return _BLOCK.sub(fill, text)
-
-
-def _ladder_targets(device_type: str | None) -> str:
-    """The workbook's speed targets checked against each recorded ladder run (``helpers.ladder.verdict``)."""
-    from .ladder import TARGETS, verdict
-
-    parts = []
-    for file, rows in recorded("ladder", device_type=device_type).items():
-        lines = "\n".join(f"- {line}" for line in verdict(rows))
-        parts.append(f"Targets ({TARGETS[rows[0]['device']]}), {source_line(rows, file)}:\n\n{lines}")
-    return "\n\n".join(parts) or "No recorded ladder run yet: `python -m helpers.ladder --record`."
-
-
-def main(argv=None) -> int:
-    """``python -m helpers.results readme [--check]``: rewrite (or check) the recorded tables of the README and
-    the teacher's guide (``DOCS``)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m helpers.results", description=main.__doc__)
-    p.add_argument("what", choices=["readme"])
-    p.add_argument("--check", action="store_true", help="only say whether the documents are up to date")
-    args = p.parse_args(argv)
-    stale = []
-    for doc in DOCS:
-        if not doc.exists():
-            continue
-        old = doc.read_text()
-        new = render_readme(old)
-        if old != new:
-            stale.append(doc.relative_to(ROOT))
-            if not args.check:
-                doc.write_text(new)
-    if args.check:
-        if stale:
-            print(
-                f"{', '.join(map(str, stale))}: recorded tables differ from results/recorded/; run "
-                "`python -m helpers.results readme`."
-            )
-            return 1
-        print("the README's and the teacher's guide's recorded tables match results/recorded/.")
-        return 0
-    print(f"rewrote the recorded tables of {', '.join(map(str, stale)) or 'nothing (all up to date)'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,10 +1,15 @@
 """Shared fixtures: a tiny GPT-2 for fast tests, the pocket tokenizer, and an isolated result log."""
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # the fast decoder's Triton kernels then run in Triton's interpreter; the flag
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # is read when helpers.fastgen defines them, so it is set first
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from helpers import models
+from helpers import models, results
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +37,12 @@ def tiny_model(tokenizer):
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2)
     return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture
+def recorded_dir(tmp_path, monkeypatch):
+    """results/recorded/ (and the repository root it is shown relative to) moved into a temporary folder."""
+    monkeypatch.setattr(results, "RECORDED", tmp_path / "recorded")
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    monkeypatch.setattr(results, "_started", set())
+    return tmp_path / "recorded"

@@ -6,13 +6,6 @@ import torch
 from helpers import bench, evaluate
 
 
-def test_time_fn_reports_the_median():
-    calls = []
-    out = bench.time_fn(lambda: calls.append(1), warmup=2, repeats=5, device="cpu")
-    assert len(calls) == 7 and len(out["times"]) == 5
-    assert out["min"] <= out["median"] <= out["max"]
-
-
 def test_generation_record_is_consistent(tiny_model, tokenizer):
     rec = bench.generation(
         tiny_model, tokenizer, prompt_len=8, new_tokens=6, warmup=1, repeats=2, model_name="tiny", bandwidth=10e9
@@ -132,3 +125,44 @@ def test_a_slow_prefill_keeps_the_decode_speed_and_its_spread_consistent(tiny_mo
     rec = bench.generation(tiny_model, tokenizer, prompt_len=8, new_tokens=12, bandwidth=1e10)
     assert rec["decode_tok_s"] == pytest.approx(11 / 1.4) and not rec["timing_noisy"]
     assert rec["decode_tok_s_min"] <= rec["decode_tok_s"] <= rec["decode_tok_s_max"]
+
+
+def test_step_speed_spans_the_repeats(tiny_model):
+    rec = bench.forward_step(tiny_model, 2, warmup=1, repeats=3, inner=2)
+    span = bench.step_speed(rec)
+    assert span["min"] <= span["median"] <= span["max"]
+    assert span["median"] == rec["tok_s"]
+    assert span["min"] == 2e3 / rec["step_ms_max"]
+
+
+def test_step_weight_bytes_counts_what_a_step_reads(tiny_model):
+    import copy
+    import warnings
+
+    from torch import nn
+    from torch.ao.quantization import quantize_dynamic
+
+    from helpers import models, quant
+
+    cfg = tiny_model.config
+    fp32 = bench.step_weight_bytes(tiny_model)
+    # tied: the token table is read whole (by the output layer); the position table one row
+    assert fp32 == models.param_bytes(tiny_model) - (cfg.n_positions - 1) * cfg.n_embd * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize_dynamic(models.conv1d_to_linear(copy.deepcopy(tiny_model)), {nn.Linear}, dtype=torch.qint8)
+    blocks = sum(layer.weight.numel() for _, _, layer in quant.block_linears(tiny_model))
+    head = cfg.vocab_size * cfg.n_embd
+    # every linear layer now reads 1 byte per weight instead of 4; the untied token table one row
+    assert bench.step_weight_bytes(q) == fp32 - 3 * (blocks + head) + cfg.n_embd * 4
+
+
+def test_step_weight_bytes_counts_torchao_weights_as_stored():
+    from torch import nn
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    layer = nn.Sequential(nn.Linear(64, 32, bias=False))
+    assert bench.step_weight_bytes(layer) == 64 * 32 * 4
+    quantize_(layer, Int8WeightOnlyConfig())
+    stored = bench.step_weight_bytes(layer)
+    assert 64 * 32 + 32 * 4 <= stored < 64 * 32 * 2  # int8 codes and one fp32 scale per row, far from fp32

@@ -43,3 +43,26 @@ def test_stamped_cells_are_fresh_until_edited():
     assert truth.stale(nb) == []
     nb.cells[0].source += "\nprint('changed')"
     assert truth.stale(nb) == [0]
+
+
+def test_the_run_times_cell_shows_the_run_just_recorded(tmp_path, monkeypatch):
+    import json
+
+    from helpers import results
+
+    monkeypatch.setattr(results, "RECORDED", tmp_path / "recorded")
+    path = tmp_path / "demo.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# demo"),
+        nbformat.v4.new_code_cell('results.show_run_times("demo.ipynb")'),
+    ]
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="No run of demo.ipynb ...")]
+    nbformat.write(nb, path)
+    assert "No run of demo.ipynb has been recorded" in results.run_times_markdown("demo.ipynb")
+    execute.record_time("demo.ipynb", 123.0, quick=False)
+    execute.refresh_run_times(path)
+    out = nbformat.read(path, as_version=4).cells[1].outputs
+    assert len(out) == 1 and "full mode (the default): 2.0 min on" in out[0]["data"]["text/markdown"]
+    rows = [json.loads(line) for f in (tmp_path / "recorded").glob("runs--*.jsonl") for line in f.open()]
+    assert [r["seconds"] for r in rows] == [123]

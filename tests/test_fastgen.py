@@ -90,14 +90,32 @@ def test_matvec_equals_a_matrix_product():
     torch.testing.assert_close(plain, x @ w.T + b)
 
 
-def test_int8_reads_a_quarter_of_the_bytes_and_still_agrees(pocket):
+def test_int8_reads_a_quarter_of_the_bytes_and_agrees_as_well_as_generate_with_int8(pocket):
+    """The fast decoder's int8 path against Hugging Face generate() with the same dynamic int8 layers: on the
+    same prompts, its greedy tokens agree with fp32's at least as often (rounding may change a later token)."""
+    import copy
+    import warnings
+
+    from torch import nn
+    from torch.ao.quantization import quantize_dynamic
+
     model, tok = pocket
     fp32, int8 = fastgen.FastGPT2(model), fastgen.FastGPT2(model, int8=True)
     assert int8.weight_bytes() < 0.3 * fp32.weight_bytes()
-    ids = tok(bench.prompts()[1], return_tensors="pt")["input_ids"]
-    a, b = fp32.generate(ids, 16), int8.generate(ids, 16)
-    assert a.shape == b.shape
-    assert (a == b).float().mean() > 0.5  # rounding may change a later token, not most of them
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        hf_int8 = quantize_dynamic(models.conv1d_to_linear(copy.deepcopy(model)), {nn.Linear}, dtype=torch.qint8)
+    fast_same = hf_same = total = 0
+    for text in bench.prompts()[:4]:
+        ids = tok(text, return_tensors="pt")["input_ids"][:, :32]
+        n = ids.shape[1]
+        ref = fp32.generate(ids, 24)[:, n:]
+        fast_same += int((int8.generate(ids, 24)[:, n:] == ref).sum())
+        hf = hf_int8.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.eos_token_id)[:, n:]
+        hf_same += int((hf == ref).sum())
+        total += ref.numel()
+    assert fast_same >= hf_same, f"fast int8 agreed on {fast_same} of {total} tokens, generate() int8 on {hf_same}"
+    assert fast_same > total / 2
 
 
 def test_clear_errors(pocket, tiny_model):
@@ -133,53 +151,3 @@ def test_triton_kernels_are_for_gpus(pocket):
     assert not fastgen.FastGPT2(model, graph_steps=16).kernels  # "auto" picks them on a GPU only
     with pytest.raises(ValueError, match="int8"):
         fastgen.FastGPT2(model, int8=True, kernels=True)
-
-
-KERNEL_CHECK = """
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-from helpers import fastgen
-
-torch.manual_seed(0)
-model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
-with torch.no_grad():
-    for p in model.parameters():
-        p.add_(0.05 * torch.randn_like(p))  # LayerNorm scales and biases away from 1 and 0
-    for block in model.transformer.h:
-        block.attn.c_attn.weight.mul_(10)  # sharp attention: its blocks' running maxima differ
-ids = torch.randint(0, 300, (1, 10))
-fastgen.ATTN_BLOCK = 16  # 34 positions: attention runs over 3 blocks of the cache
-fastgen.KERNEL_CONFIGS.update(attn=(8, 4), mlp=(16, 4))  # 4 programs per head, 8 for the MLP: their sums meet
-fast = fastgen.FastGPT2(model, kernels=True)
-assert torch.equal(fast.generate(ids, 24), fastgen.FastGPT2(model).generate(ids, 24))
-fast._allocate(1, 40)
-fast.pad.zero_()
-fast.forward(ids, fast.arange[:10])
-fast._tok.fill_(7)
-fast._pos.fill_(10)
-fast._kernel_step()
-logits = fast.forward(torch.tensor([[7]]), fast.arange[10:11])[0]
-torch.testing.assert_close(fast._ws.logits, logits, rtol=1e-4, atol=1e-5)
-assert fast._out[0, 11] == logits.argmax() and fast._tok.item() == logits.argmax() and fast._pos.item() == 11
-padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)  # one left-padded sequence: the padding is dropped
-mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], 1)
-assert torch.equal(fast.generate(padded, 8, attention_mask=mask)[:, 3:], fastgen.FastGPT2(model).generate(ids, 8))
-odd = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=48, n_layer=1, n_head=2)).eval()
-try:
-    fastgen.FastGPT2(odd, kernels=True)
-    raise AssertionError("a head size of 24 was accepted")
-except ValueError as e:
-    assert "power of 2" in str(e), e
-"""
-
-
-def test_triton_kernels_compute_the_same_step_in_the_interpreter():
-    """The hand-written decode step, run by Triton's interpreter on the CPU: same logits, same greedy tokens."""
-    pytest.importorskip("triton")
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, TRITON_INTERPRET="1")  # read when the kernels are defined: a fresh process
-    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]

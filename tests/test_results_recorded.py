@@ -1,4 +1,4 @@
-"""helpers.results: verdicts from measurements, recorded runs, and the README's tables made from them."""
+"""helpers.results: verdicts from measurements, the result log and recorded runs."""
 
 import json
 
@@ -37,14 +37,6 @@ def test_tensors_are_logged_as_numbers_and_objects_are_refused():
     assert len(results.load()) == 1  # the refused row left no half-written line
 
 
-@pytest.fixture
-def recorded_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "RECORDED", tmp_path / "recorded")
-    monkeypatch.setattr(results, "ROOT", tmp_path)
-    monkeypatch.setattr(results, "_started", set())
-    return tmp_path / "recorded"
-
-
 def test_recording_keeps_rows_with_their_context_and_a_rerun_replaces_them(recorded_dir, monkeypatch):
     results.record({"label": "a", "tok_s": 1.0}, notebook="nb")
     assert not recorded_dir.exists()  # not recording by default
@@ -65,23 +57,6 @@ def test_recording_keeps_rows_with_their_context_and_a_rerun_replaces_them(recor
 
 def test_missing_recorded_run_says_how_to_make_one(recorded_dir):
     assert "has been recorded yet" in results.recorded_markdown("nothing", ["x"], device_type="cuda")
-
-
-def test_readme_blocks_are_rebuilt_from_records(recorded_dir, monkeypatch):
-    monkeypatch.setenv("WORKBOOK_RECORD", "1")
-    results.record({"label": "fast", "tok_s": 5.0}, notebook="nb")
-    spec = '{"notebook": "nb", "columns": ["label", "tok_s:.0f"], "headers": ["setup", "tokens/s"]}'
-    text = f"intro\n<!-- recorded {spec} -->\nstale table\n<!-- /recorded -->\nend\n"
-    new = results.render_readme(text)
-    assert "stale table" not in new and "| fast | 5 |" in new and new.endswith("<!-- /recorded -->\nend\n")
-    assert results.render_readme(new) == new
-
-
-@pytest.mark.parametrize("doc", results.DOCS, ids=lambda p: p.name)
-def test_the_documents_match_the_recorded_runs(doc):
-    text = doc.read_text()
-    assert "<!-- recorded " in text, f"{doc.name}'s result tables should be generated from results/recorded/"
-    assert results.render_readme(text) == text, "run `python -m helpers.results readme` and commit the result"
 
 
 def test_a_single_run_each_is_no_spread():

@@ -1,0 +1,35 @@
+"""helpers.readme: the README's and the teacher's guide's tables, rebuilt from the recorded runs."""
+
+import pytest
+
+from helpers import readme, results
+
+
+def test_readme_blocks_are_rebuilt_from_records(recorded_dir, monkeypatch):
+    monkeypatch.setenv("WORKBOOK_RECORD", "1")
+    results.record({"label": "fast", "tok_s": 5.0}, notebook="nb")
+    spec = '{"notebook": "nb", "columns": ["label", "tok_s:.0f"], "headers": ["setup", "tokens/s"]}'
+    text = f"intro\n<!-- recorded {spec} -->\nstale table\n<!-- /recorded -->\nend\n"
+    new = readme.render(text)
+    assert "stale table" not in new and "| fast | 5 |" in new and new.endswith("<!-- /recorded -->\nend\n")
+    assert readme.render(new) == new
+
+
+@pytest.mark.parametrize("doc", readme.DOCS, ids=lambda p: p.name)
+def test_the_documents_match_the_recorded_runs(doc):
+    text = doc.read_text()
+    assert "<!-- recorded " in text, f"{doc.name}'s result tables should be generated from results/recorded/"
+    assert readme.render(text) == text, "run `python -m helpers.readme` and commit the result"
+
+
+def test_ladder_targets_say_when_no_ladder_run_is_recorded(recorded_dir):
+    assert "No recorded ladder run yet" in readme.ladder_targets("cuda")
+
+
+def test_check_fails_on_a_stale_document(tmp_path, monkeypatch, capsys, recorded_dir):
+    doc = tmp_path / "doc.md"
+    doc.write_text('<!-- recorded {"notebook": "nb", "columns": ["label"]} -->\nold\n<!-- /recorded -->\n')
+    monkeypatch.setattr(readme, "DOCS", [doc])
+    monkeypatch.setattr(readme, "ROOT", tmp_path)
+    assert readme.main(["--check"]) == 1 and "differ" in capsys.readouterr().out
+    assert readme.main([]) == 0 and readme.main(["--check"]) == 0
