@@ -140,7 +140,8 @@ def record_time(name: str, seconds: float, quick: bool) -> None:
     file = results.RECORDED / f"runs--{results.slug(ctx['device_name'])}.jsonl"
     rows = results.read_jsonl(file) if file.exists() else []  # the log's reader: a bad line is named, not fatal
     rows = [r for r in rows if not (r["file"] == name and r["quick"] == quick)]
-    rows.append({**ctx, "notebook": "runs", "file": name, "seconds": round(seconds), "minutes": seconds / 60})
+    row = {**ctx, "notebook": "runs", "file": name, "quick": quick, "seconds": round(seconds), "minutes": seconds / 60}
+    rows.append(row)
     rows.sort(key=lambda r: (r["quick"], r["file"]))
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))  # rewritten whole: one row per notebook and mode
