@@ -98,15 +98,15 @@ def run(path: Path, *, quick: bool, record: bool, timeout: int) -> float:
         "seconds": round(seconds),
         "model": env["WORKBOOK_MODEL"],
     }
-    nbformat.write(nb, path)
     if record:
         record_time(path.name, seconds, quick)
-        refresh_run_times(path)
+        refresh_run_times(nb, path.name)
+    nbformat.write(nb, path)
     return seconds
 
 
-def refresh_run_times(path: Path) -> None:
-    """Give the cell that shows this notebook's run times (``results.show_run_times``) the times just recorded.
+def refresh_run_times(nb, name: str) -> None:
+    """Give the cell that shows notebook ``name``'s run times (``results.show_run_times``) the times just recorded.
 
     The cell ran before this run's time was known; its output is replaced by what its code prints now, so the
     committed notebook shows its own run among the recorded ones.
@@ -115,16 +115,11 @@ def refresh_run_times(path: Path) -> None:
 
     from . import results
 
-    nb = nbformat.read(path, as_version=4)
-    text = results.run_times_markdown(path.name)
-    changed = False
+    text = results.run_times_markdown(name)
     for cell in nb.cells:
         if cell.cell_type == "code" and "results.show_run_times(" in cell.source:
             data = {"text/markdown": text, "text/plain": "<IPython.core.display.Markdown object>"}
             cell.outputs = [nbformat.v4.new_output("display_data", data=data)]
-            changed = True
-    if changed:
-        nbformat.write(nb, path)
 
 
 def record_time(name: str, seconds: float, quick: bool) -> None:

@@ -61,7 +61,8 @@ def test_the_run_times_cell_shows_the_run_just_recorded(tmp_path, monkeypatch):
     nbformat.write(nb, path)
     assert "No run of demo.ipynb has been recorded" in results.run_times_markdown("demo.ipynb")
     execute.record_time("demo.ipynb", 123.0, quick=False)
-    execute.refresh_run_times(path)
+    execute.refresh_run_times(nb, "demo.ipynb")
+    nbformat.write(nb, path)
     out = nbformat.read(path, as_version=4).cells[1].outputs
     assert len(out) == 1 and "full mode (the default): 2.0 min on" in out[0]["data"]["text/markdown"]
     rows = [json.loads(line) for f in (tmp_path / "recorded").glob("runs--*.jsonl") for line in f.open()]
