@@ -9,13 +9,19 @@
 - ``weight_bytes``: the storage a quantized model needs (integers plus scales and zero points).
 - ``int8_dynamic``: PyTorch's dynamic int8 (CPU kernels) on a GPT-2, after turning its ``Conv1D`` layers into
   ``nn.Linear`` (notebook 03 builds it step by step; notebook 07 reuses it).
+- quantization by swapping modules (the fast decoder's int8, notebook 05): ``Int8Linear`` (int8 weights with one
+  scale per output channel, weight-only), ``dynamic_int8_linear`` (``torch.ao``'s CPU kernels) and
+  ``swap_linears``, which replaces a model's linear layers with what a function makes of each.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 GRANULARITIES = ("tensor", "channel", "group")
@@ -157,8 +163,6 @@ def int8_dynamic(model: nn.Module, include_lm_head: bool = True) -> nn.Module:
     ``quantize_dynamic`` only replaces ``nn.Linear``, and GPT-2's blocks use transformers' ``Conv1D``, so they
     are converted first (a plain ``quantize_dynamic(model, {nn.Linear})`` quantizes only the output layer).
     """
-    import warnings
-
     from torch.ao.quantization import quantize_dynamic
 
     from .models import conv1d_to_linear
@@ -172,3 +176,66 @@ def int8_dynamic(model: nn.Module, include_lm_head: bool = True) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
         return quantize_dynamic(out, names, dtype=torch.qint8)
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights, one scale per output channel, weight-only (activations stay float).
+
+    ``y = (x @ codes.T) * scale + bias``. Compiled, the int8-to-float conversion fuses into the product, so
+    the weights are read as int8 (a quarter of fp32's bytes, half of bf16's). ``matvec=True`` computes a
+    one-row input as multiply-and-sum, as ``helpers.fastgen.model.matvec`` does for float weights.
+    """
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(codes, requires_grad=False)  # (out, in) int8
+        self.scale = nn.Parameter(scale, requires_grad=False)  # (out,)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)  # (out,)
+        self.matvec = False
+
+    @classmethod
+    def from_float(cls, layer: nn.Module) -> Int8Linear:
+        """From any layer with a float ``weight`` (out, in) and a ``bias`` (or None): scales in its dtype."""
+        codes, scale, _ = quantize(layer.weight.detach().float(), 8, granularity="channel")
+        bias = None if layer.bias is None else layer.bias.detach()
+        out = cls(codes, scale.squeeze(1).to(layer.weight.dtype), bias)
+        out.matvec = getattr(layer, "matvec", False)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.matvec and x.shape[:-1].numel() == 1:
+            y = (x.unsqueeze(-2).float() * self.weight.float()).sum(-1).to(x.dtype)  # (..., out), one pass
+        else:
+            y = F.linear(x, self.weight.to(x.dtype))
+        y = y * self.scale
+        return y if self.bias is None else y + self.bias
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of the dequantized weight (a tied token embedding reads them)."""
+        return F.embedding(ids, self.weight).to(self.scale.dtype) * self.scale[ids].unsqueeze(-1)  # (..., in)
+
+
+def dynamic_int8_linear(layer: nn.Module) -> nn.Module:
+    """``torch.ao``'s dynamic int8 linear layer (FBGEMM kernels on a CPU, activations quantized at each call)
+    from any layer with a float ``weight`` (out, in) and a ``bias`` (or None)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    n_out, n_in = layer.weight.shape
+    lin = nn.Linear(n_in, n_out, bias=layer.bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(layer.weight.float())
+        if layer.bias is not None:
+            lin.bias.copy_(layer.bias.float())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)[0]
+
+
+def swap_linears(module: nn.Module, make: Callable[[nn.Module], nn.Module], kind: type) -> nn.Module:
+    """Replace, in place, every submodule of type ``kind`` with ``make(that module)``; return ``module``."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, kind):
+            setattr(module, name, make(child))
+        else:
+            swap_linears(child, make, kind)
+    return module

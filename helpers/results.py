@@ -304,6 +304,7 @@ def verdict(
     higher_is_better: bool = True,
     words: tuple[str, str] | None = None,
     fmt: str = ",.1f",
+    spread: str = "the runs'",
 ) -> str:
     """One sentence comparing measurement ``a`` with ``b``, with the ratio and the runs' spread.
 
@@ -311,7 +312,8 @@ def verdict(
     (``bench.time_fn()``; ``rate()`` turns times into rates). When both carry a spread and the ranges
     overlap, the verdict is "within noise"; without a spread it says that it cannot tell noise apart.
     ``words`` names the better and the worse direction (default "faster"/"slower" for rates, "higher"/"lower"
-    otherwise, swapped when ``higher_is_better`` is False: "smaller"/"larger", say).
+    otherwise, swapped when ``higher_is_better`` is False: "smaller"/"larger", say). ``spread`` names where
+    the ranges come from when they are not the runs' slowest and fastest (``"the ±2 SE"`` for a proportion).
     """
     ma, la, ha = _span(a)
     mb, lb, hb = _span(b)
@@ -327,9 +329,9 @@ def verdict(
         side = good if better else bad
         return f"{head}, {side} (no spread measured, so noise cannot be ruled out)"
     if la <= hb and lb <= ha:
-        return f"{head}, within noise (the runs' ranges overlap)"
+        return f"{head}, within noise ({spread} ranges overlap)"
     better = (ma > mb) == higher_is_better
-    return f"{head}, {good if better else bad} (beyond the runs' spread)"
+    return f"{head}, {good if better else bad} (beyond {spread} spread)"
 
 
 def plot_tokens_per_s(

@@ -22,6 +22,7 @@ if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
     pytest.skip("the kernels need a CUDA GPU or Triton's interpreter (TRITON_INTERPRET=1)", allow_module_level=True)
 
 from helpers import fastgen  # noqa: E402  (after the interpreter flag: the kernels are defined at import)
+from helpers.fastgen import triton_step  # noqa: E402
 
 
 @pytest.fixture
@@ -41,9 +42,9 @@ def sharp_model():
 def small_blocks(monkeypatch):
     """Small kernel blocks (restored after the test): attention over 3 blocks of 16 cached positions, 4
     programs per head and 8 for the MLP, so that their partial sums meet in the output."""
-    monkeypatch.setattr(fastgen, "ATTN_BLOCK", 16)
-    monkeypatch.setitem(fastgen.KERNEL_CONFIGS, "attn", (8, 4))
-    monkeypatch.setitem(fastgen.KERNEL_CONFIGS, "mlp", (16, 4))
+    monkeypatch.setattr(triton_step, "ATTN_BLOCK", 16)
+    monkeypatch.setitem(triton_step.KERNEL_CONFIGS, "attn", (8, 4))
+    monkeypatch.setitem(triton_step.KERNEL_CONFIGS, "mlp", (16, 4))
 
 
 IDS = torch.randint(0, 300, (1, 10), generator=torch.Generator().manual_seed(1))
@@ -56,20 +57,18 @@ def test_the_kernel_step_generates_the_eager_decoders_tokens(sharp_model, small_
 
 
 def test_one_kernel_step_gives_the_eager_logits(sharp_model, small_blocks):
-    fast = fastgen.FastGPT2(sharp_model, kernels=True)
-    fast.generate(IDS, 2)  # sets up the kernels' workspace
+    decoder = fastgen.Decoder(sharp_model, torch.float32)
     n = 34  # cached positions 0..34: attention runs over 3 blocks of 16, so the running maximum is rescaled
     prompt = torch.randint(0, 300, (1, n), generator=torch.Generator().manual_seed(2))
-    fast._allocate(1, 40)
-    fast.pad.zero_()
-    fast.forward(prompt, fast.arange[:n])  # the prompt fills the cache
-    fast._tok.fill_(7)
-    fast._pos.fill_(n)
-    fast._kernel_step()  # token 7 at position n, through the three kernels per layer and the output layer's
-    logits = fast.forward(torch.tensor([[7]]), fast.arange[n : n + 1])[0]  # the eager step, same token and position
-    torch.testing.assert_close(fast._ws.logits, logits, rtol=1e-4, atol=1e-5)
-    assert fast._out[0, n + 1] == logits.argmax()  # the last program picked the token and wrote it
-    assert fast._tok.item() == logits.argmax() and fast._pos.item() == n + 1
+    decoder.setup_caches(1, 40)
+    decoder(prompt, decoder.arange[:n])  # the prompt fills the cache
+    tok, pos, out = torch.tensor([[7]]), torch.tensor([n]), torch.zeros(1, 40, dtype=torch.long)
+    step = fastgen.TritonStep(decoder, tok, pos, out)
+    step()  # token 7 at position n, through the three kernels per layer and the output layer's
+    logits = decoder(torch.tensor([[7]]), decoder.arange[n : n + 1])[0]  # the eager step, same token and position
+    torch.testing.assert_close(step.logits, logits, rtol=1e-4, atol=1e-5)
+    assert out[0, n + 1] == logits.argmax()  # the last program picked the token and wrote it
+    assert tok.item() == logits.argmax() and pos.item() == n + 1
 
 
 def test_left_padding_is_dropped(sharp_model, small_blocks):

@@ -20,6 +20,11 @@ def test_verdict_says_faster_or_slower_beyond_the_spread():
     assert "faster (beyond" in lower
 
 
+def test_verdict_names_where_its_ranges_come_from():
+    text = results.verdict((0.51, 0.45, 0.58), (0.54, 0.48, 0.60), unit="of guesses", spread="the ±2 SE")
+    assert "within noise (the ±2 SE ranges overlap)" in text and "runs'" not in text
+
+
 def test_verdict_without_spread_says_it_cannot_rule_out_noise():
     assert "noise cannot be ruled out" in results.verdict(1.1, 1.0)
 

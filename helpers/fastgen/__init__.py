@@ -1,0 +1,47 @@
+"""The workbook's fast decoder for any Hugging Face ``GPT2LMHeadModel`` (the pocket model or GPT-2).
+
+Its files follow the order notebooks 05 and 05b teach it:
+
+1. ``model.py``: the eager decoder, plain PyTorch: a static KV cache (``KVCache``, written in place by
+   ``update``, so every decode step has the same shapes), GPT-2's blocks, and one-row products written as
+   multiply-and-sum (``matvec``), which the compiler fuses into one pass over each weight at batch 1.
+2. ``policy.py``: how a step runs, applied from outside the model: ``torch.compile`` of one step of fixed
+   shapes, with CUDA graphs on a GPU (``TUNED_CUDA_GRAPHS``: a whole step replayed as one launch instead of
+   ~160 kernel launches), or several greedy steps, token choice included, in one CUDA graph of our own
+   (``graph_steps``).
+3. ``triton_step.py``: the hand-written decode step of Triton kernels (GPU, greedy, batch 1): three kernels
+   a layer plus one. The only file that imports Triton; notebook 05b builds it kernel by kernel.
+4. int8 weights by swapping the decoder's linear layers (``helpers.quant``): on a GPU ``Int8Linear``
+   (weight-only, the dequantization fused into the product by the compiler), on a CPU PyTorch's dynamic
+   int8 kernels (``torch.ao``'s FBGEMM path, the fastest CPU path notebook 03 measured).
+5. ``generator.py``: ``FastGPT2``, which puts them together: options, ``generate``, ``stream``, padding.
+
+Greedy decoding gives the same tokens as ``generate()`` (tested on the pocket model); sampling
+(temperature, top-k) is reproducible with a seed. Prompts of different lengths are left-padded and
+masked, as ``generate()`` does with an ``attention_mask``.
+
+    fast = FastGPT2(model, dtype=torch.bfloat16, graph_steps=16)
+    out = fast.generate(input_ids, max_new_tokens=128)
+    for token in fast.stream(input_ids, 64):  # one (B,) tensor per step, as it is made (notebook 07's playground)
+        ...
+"""
+
+from .generator import STREAM_BLOCK, FastGPT2, ModelStep
+from .model import Block, Decoder, KVCache, Linear, matvec
+from .policy import TUNED, TUNED_CUDA_GRAPHS
+from .triton_step import KERNEL_CONFIGS, TritonStep
+
+__all__ = [
+    "STREAM_BLOCK",
+    "TUNED",
+    "TUNED_CUDA_GRAPHS",
+    "KERNEL_CONFIGS",
+    "Block",
+    "Decoder",
+    "FastGPT2",
+    "KVCache",
+    "Linear",
+    "ModelStep",
+    "TritonStep",
+    "matvec",
+]
