@@ -141,8 +141,8 @@ def test_clear_errors(pocket, tiny_model):
 def test_graph_steps_only_change_the_gpu_path(pocket):
     model, tok = pocket
     ids = tok(bench.prompts()[2], return_tensors="pt")["input_ids"]
-    graphed = fastgen.FastGPT2(model, graph_steps=16)  # CUDA graphs are GPU-only: ignored on a CPU
-    assert graphed.graph_steps == (16 if torch.cuda.is_available() else 0)
+    graphed = fastgen.FastGPT2(model, graph_steps=16)  # CUDA graphs are GPU-only: ignored for a model on a CPU
+    assert graphed.graph_steps == 0  # the pocket fixture lives on the CPU, also on a machine with a GPU
     assert torch.equal(graphed.generate(ids, 20), fastgen.FastGPT2(model).generate(ids, 20))
 
 
@@ -151,3 +151,20 @@ def test_triton_kernels_are_for_gpus(pocket):
     assert not fastgen.FastGPT2(model, graph_steps=16).kernels  # "auto" picks them on a GPU only
     with pytest.raises(ValueError, match="int8"):
         fastgen.FastGPT2(model, int8=True, kernels=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and the Triton step need a CUDA GPU")
+def test_on_a_gpu_graphed_and_triton_steps_keep_the_tokens_of_generate(pocket):
+    """The GPU paths (run on the lent GPU; CI has none): several steps per CUDA graph, with the compiled step and
+    with the Triton step, in fp32, against Hugging Face generate() on the same GPU."""
+    import copy
+
+    model, tok = pocket
+    gpu = copy.deepcopy(model).cuda()
+    for prompt in bench.prompts()[:2]:
+        ids = tok(prompt, return_tensors="pt")["input_ids"].cuda()
+        ref = hf_greedy(gpu, tok, 24, input_ids=ids)
+        for kw in (dict(graph_steps=16, kernels=False), dict(graph_steps=16, kernels=True)):
+            fast = fastgen.FastGPT2(gpu, **kw)
+            assert fast.kernels == kw["kernels"] and fast.graph_steps == 16
+            assert torch.equal(fast.generate(ids, 24), ref), kw
