@@ -20,7 +20,8 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.checks``    checks for the exercises
 - ``helpers.quant``     quantizers from scratch (int8, int4, granularities, fake quantization)
 - ``helpers.prune``     pruning: magnitude (unstructured), 2:4, MLP neurons and blocks, CSR timing
-- ``helpers.fastgen``   the fast decoder (static KV cache, compiled step, CUDA graphs, int8)
+- ``helpers.fastgen``   the fast decoder, a package in the lessons' order: model (eager, ``KVCache``), policy
+                        (compile, CUDA graphs), triton_step (the hand-written step), generator (``FastGPT2``)
 - ``helpers.ladder``    ``python -m helpers.ladder``: every decoding setup measured in one run
 - ``helpers.speculative`` speculative decoding from scratch (greedy and rejection sampling)
 - ``helpers.distill``   the knowledge-distillation loss (soft targets with a temperature)

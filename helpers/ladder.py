@@ -146,7 +146,7 @@ def table(records: list[dict]) -> str:
     lines.append("|---|---|---|---|---|")
     for r in records:
         lines.append(
-            f"| {r['label']} | {r['decode_tok_s']:,.0f} | {r['ratio']:.1f}x | {r['sol_fraction']:.1%} | "
+            f"| {r['label']} | {r['decode_tok_s']:,.0f} | {r['ratio']:.2f}x | {r['sol_fraction']:.1%} | "
             f"{r['ttft_ms']:.1f} |"
         )
     return "\n".join(lines)
@@ -164,13 +164,13 @@ def verdict(records: list[dict]) -> list[str]:
                 fast["decode_tok_s"] >= 3000,
             ),
             (f"{fast['sol_fraction']:.1%} of the bandwidth limit >= 25%", fast["sol_fraction"] >= 0.25),
-            (f"{fast['decode_tok_s'] / best_hf:.1f}x the best generate() >= 6x", fast["decode_tok_s"] >= 6 * best_hf),
-            (f"{fast['decode_tok_s'] / first:.1f}x generate() fp32 eager >= 25x", fast["decode_tok_s"] >= 25 * first),
+            (f"{fast['decode_tok_s'] / best_hf:.2f}x the best generate() >= 6x", fast["decode_tok_s"] >= 6 * best_hf),
+            (f"{fast['decode_tok_s'] / first:.2f}x generate() fp32 eager >= 25x", fast["decode_tok_s"] >= 25 * first),
         ]
     else:
         best = max(records[1:], key=lambda r: r["decode_tok_s"])
         ratio = best["decode_tok_s"] / first
-        checks = [(f"fastest ({best['label']}) {ratio:.1f}x generate() fp32 eager >= 4x", ratio >= 4)]
+        checks = [(f"fastest ({best['label']}) {ratio:.2f}x generate() fp32 eager >= 4x", ratio >= 4)]
     return [f"[{'met' if ok else 'NOT met'}] {text}" for text, ok in checks]
 
 

@@ -320,6 +320,12 @@ def verdict(
     good, bad = words or (("faster", "slower") if unit.endswith("/s") else ("better", "worse"))
     ratio = ma / mb if mb else float("inf")
 
+    def touch(f):  # two ranges that do not overlap but print with a shared end: one more digit tells them apart
+        return None not in (la, ha, lb, hb) and (f"{ha:{f}}" == f"{lb:{f}}" or f"{hb:{f}}" == f"{la:{f}}")
+
+    if touch(fmt) and fmt[-1] == "f" and fmt[-2].isdigit():
+        fmt = f"{fmt[:-2]}{int(fmt[-2]) + 1}f"
+
     def show(m, lo, hi):
         return f"{m:{fmt}}" + (f" ({lo:{fmt}}-{hi:{fmt}})" if lo is not None and hi is not None else "")
 

@@ -78,3 +78,27 @@ def test_int8_dynamic_quantizes_every_block_layer_and_stays_close(tiny_model):
         ref, got = tiny_model(input_ids=ids).logits, q(input_ids=ids).logits
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     assert not isinstance(tiny_model.lm_head, dyn)  # the original is left as it was
+
+
+def test_int8_linear_matches_the_dequantized_weight_and_gives_its_rows():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 48)
+    q = quant.Int8Linear.from_float(layer)
+    assert q.weight.dtype == torch.int8 and q.scale.shape == (48,)
+    codes, scale, zero = quant.quantize(layer.weight.detach(), 8, granularity="channel")
+    w = quant.dequantize(codes, scale, zero, layer.weight.shape)
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(q(x), x @ w.T + layer.bias.detach(), rtol=1e-5, atol=1e-5)
+    q.matvec = True  # the one-row path: multiply-and-sum
+    torch.testing.assert_close(q(x[:1]), x[:1] @ w.T + layer.bias.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(q.rows(torch.tensor([0, 5])), w[[0, 5]])
+
+
+def test_swap_linears_replaces_every_layer_of_a_kind_and_nothing_else():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(8, 4)))
+    x = torch.randn(2, 8)
+    ref = model(x)
+    quant.swap_linears(model, quant.dynamic_int8_linear, torch.nn.Linear)
+    dyn = torch.ao.nn.quantized.dynamic.Linear
+    assert isinstance(model[0], dyn) and isinstance(model[1][1], dyn) and isinstance(model[1][0], torch.nn.ReLU)
+    assert (model(x) - ref).abs().max() < 0.05 * ref.abs().max()

@@ -66,3 +66,8 @@ def test_missing_recorded_run_says_how_to_make_one(recorded_dir):
 
 def test_a_single_run_each_is_no_spread():
     assert "noise cannot be ruled out" in results.verdict((5, 5, 5), (4, 4, 4))
+
+
+def test_verdict_prints_one_more_digit_when_separate_ranges_would_print_a_shared_end():
+    text = results.verdict((23.9, 23.3, 24.559), (24.9, 24.579, 25.8), names=("a", "b"))
+    assert "slower" in text and "(23.30-24.56)" in text and "(24.58-25.80)" in text

@@ -7,8 +7,8 @@ Its files follow the order notebooks 05 and 05b teach it:
    multiply-and-sum (``matvec``), which the compiler fuses into one pass over each weight at batch 1.
 2. ``policy.py``: how a step runs, applied from outside the model: ``torch.compile`` of one step of fixed
    shapes, with CUDA graphs on a GPU (``TUNED_CUDA_GRAPHS``: a whole step replayed as one launch instead of
-   ~160 kernel launches), or several greedy steps, token choice included, in one CUDA graph of our own
-   (``graph_steps``).
+   over a hundred kernel launches, which notebook 05 counts with the profiler), or several greedy steps,
+   token choice included, in one CUDA graph of our own (``graph_steps``).
 3. ``triton_step.py``: the hand-written decode step of Triton kernels (GPU, greedy, batch 1): three kernels
    a layer plus one. The only file that imports Triton; notebook 05b builds it kernel by kernel.
 4. int8 weights by swapping the decoder's linear layers (``helpers.quant``): on a GPU ``Int8Linear``

@@ -1,6 +1,7 @@
 """The hand-written decode step: GPT-2 at batch 1, greedy, in Triton kernels (the only file that imports Triton).
 
-Three kernels a layer plus one (37 for GPT-2's 12 layers, against ~160 in the compiled step):
+Three kernels a layer plus one (37 for GPT-2's 12 layers, against over a hundred in the compiled step,
+which notebook 05 counts with the profiler):
 
 1. ``_rowdot_kernel`` with ``QKV``: LayerNorm + the q, k, v product, keys and values written straight into the
    cache (the first block's also adds the token and position embeddings, ``EMBED``);

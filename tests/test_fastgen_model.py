@@ -1,0 +1,33 @@
+"""helpers.fastgen.model: the eager decoder gives GPT-2's logits, and its KV cache is written in place."""
+
+import torch
+
+from helpers.fastgen import model as fm
+
+
+def test_kv_cache_update_writes_in_place_and_returns_the_whole_cache():
+    cache = fm.KVCache(batch=2, n_head=3, length=8, head_dim=4, dtype=torch.float32, device="cpu")
+    k, v = torch.randn(2, 3, 2, 4), torch.randn(2, 3, 2, 4)
+    before = cache.k.data_ptr()
+    full_k, full_v = cache.update(torch.tensor([5, 6]), k, v)
+    assert full_k.shape == (2, 3, 8, 4) and full_k.data_ptr() == before  # the same buffer: shapes never change
+    assert torch.equal(full_k[:, :, 5:7], k) and torch.equal(full_v[:, :, 5:7], v)
+    assert full_k[:, :, :5].abs().sum() == 0  # positions not written stay as they were
+
+
+def test_the_decoder_gives_gpt2s_logits_for_a_prompt_and_then_one_step(tiny_model):
+    decoder = fm.Decoder(tiny_model, torch.float32)
+    ids = torch.arange(10)[None]  # (1, 10)
+    assert decoder.setup_caches(1, 16) and not decoder.setup_caches(1, 16)  # a second call changes nothing
+    with torch.no_grad():
+        ref = tiny_model(input_ids=ids).logits  # (1, 10, V)
+        prompt = decoder(ids[:, :9], decoder.arange[:9])  # the prompt fills positions 0..8
+        step = decoder(ids[:, 9:], decoder.arange[9:10])  # one token at position 9, from the cache
+    torch.testing.assert_close(prompt, ref[:, 8], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(step, ref[:, 9], rtol=1e-4, atol=1e-4)
+
+
+def test_weight_bytes_counts_the_tied_output_layer_once(tiny_model):
+    decoder = fm.Decoder(tiny_model, torch.float32)
+    n = sum(p.numel() for p in tiny_model.parameters())  # transformers ties lm_head to wte: counted once
+    assert decoder.weight_bytes() == 4 * n

@@ -1,0 +1,24 @@
+"""helpers.fastgen.policy: what "auto" compiles with on each device, and when the compiler makes CUDA graphs."""
+
+from helpers.fastgen import policy
+
+
+def test_auto_compiles_on_a_gpu_only_and_leaves_graphs_to_us_when_we_capture_several_steps():
+    assert policy.compile_options("auto", on_gpu=False, graph_steps=0) is None  # eager on a CPU
+    assert policy.compile_options("auto", on_gpu=True, graph_steps=0) == policy.TUNED_CUDA_GRAPHS
+    assert policy.compile_options("auto", on_gpu=True, graph_steps=16) == policy.TUNED  # our graphs, not its
+    assert policy.compile_options(True, on_gpu=False, graph_steps=0) == "default"
+    assert policy.compile_options(False, on_gpu=True, graph_steps=0) is None
+
+
+def test_which_modes_make_cuda_graphs():
+    assert policy.uses_cuda_graphs(policy.TUNED_CUDA_GRAPHS) and policy.uses_cuda_graphs("reduce-overhead")
+    assert not policy.uses_cuda_graphs(policy.TUNED) and not policy.uses_cuda_graphs("default")
+    assert not policy.uses_cuda_graphs(None)
+
+
+def test_eager_is_the_step_itself():
+    def step():
+        return 1
+
+    assert policy.compiled(step, None) is step
