@@ -13,6 +13,7 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.results``   the result log, recorded runs from other devices, verdicts from data, plots
 - ``helpers.readme``    ``python -m helpers.readme``: the README's and teacher's guide's tables from recorded runs
 - ``helpers.truth``     the checks that prose numbers are backed by outputs and that outputs are fresh
+- ``helpers.setup_cost`` ``python -m helpers.setup_cost triton``: what an optional package adds to the set-up
 - ``helpers.execute``   ``python -m helpers.execute``: run notebooks the way committed outputs are made
 - ``helpers.colab``     the repository's address, every notebook's Colab badge and set-up cell
 - ``helpers.train``     a compact training loop
