@@ -24,6 +24,7 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.fastgen``   the fast decoder, a package in the lessons' order: model (eager, ``KVCache``), policy
                         (compile, CUDA graphs), triton_step (the hand-written step), generator (``FastGPT2``)
 - ``helpers.ladder``    ``python -m helpers.ladder``: every decoding setup measured in one run
+- ``helpers.llamacpp``  ``python -m helpers.llamacpp``: llama.cpp's decoder timed beside the workbook's on a CPU
 - ``helpers.speculative`` speculative decoding from scratch (greedy and rejection sampling)
 - ``helpers.distill``   the knowledge-distillation loss (soft targets with a temperature)
 - ``helpers.leaderboard`` notebook 07's leaderboard: entries kept in the result log, Pareto fronts

@@ -24,7 +24,7 @@ def _pip(*args: str) -> float:
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"pip {' '.join(args[:2])} failed:\n{done.stderr.strip()[-800:]}")
+        raise RuntimeError(f"pip {args[0]} failed:\n{done.stderr.strip()[-800:]}")
     return time.perf_counter() - t0
 
 

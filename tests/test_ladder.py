@@ -41,10 +41,10 @@ def test_cpu_target_uses_the_fastest_row():
         ]
     )
     (line,) = ladder.verdict(records)
-    assert line.startswith("[met]") and "int8" in line and "4.4x" in line
+    assert line.startswith("[met]") and "int8" in line and "4.40x" in line
     table = ladder.table(records)
     assert table.splitlines()[0].startswith("| setup | tokens/s")
-    assert "| FastGPT2, int8 weights (dynamic int8), eager | 110 | 4.4x |" in table
+    assert "| FastGPT2, int8 weights (dynamic int8), eager | 110 | 4.40x |" in table
 
 
 def test_gpu_rows_follow_the_capability():

@@ -1,0 +1,173 @@
+"""llama.cpp beside the workbook on a CPU: find or build its benchmark, convert a workbook model, time both.
+
+    python -m helpers.llamacpp --record            # GPT-2 124M architecture, random weights, this CPU's threads
+
+1. **llama.cpp**: ``llama-bench`` on ``PATH`` or in ``$LLAMA_CPP_BIN``; otherwise it is built from the llama.cpp
+   sources that the ``llama-cpp-python`` source package carries (pip downloads it; cmake and a C++ compiler
+   build the one tool, with ``GGML_NATIVE`` so that it uses this CPU's instruction sets: minutes on 2 cores).
+2. **The model**: saved with safetensors, converted with llama.cpp's own converter (``convert_hf_to_gguf.py``
+   and its ``gguf-py``) to f16 and to q8_0 (blocks of 32 int8 values with one scale each). The workbook's
+   random-weight model carries the pocket tokenizer, which the converter does not know; ``llama-bench``
+   never tokenizes text, so the converter is told to write it as GPT-2's.
+3. **Timing**, one after another on the same machine and thread count: the workbook's CPU ladder
+   (``helpers.ladder``), then ``llama-bench`` decoding (``-p 0 -n N -d P``: N tokens after a P-token context,
+   as the ladder's prompt), then the ladder again, so that drift shows. ``--record`` keeps the rows, with the
+   CPU's instruction sets, in ``results/recorded/llamacpp--<machine>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CACHE = Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "faster-gpt2")) / "llama.cpp"
+SDIST = "llama-cpp-python"  # the source package that carries llama.cpp's sources (vendor/llama.cpp)
+
+
+def find_bench() -> Path | None:
+    """``llama-bench`` from ``$LLAMA_CPP_BIN``, ``PATH`` or an earlier build in the cache, or None."""
+    for folder in (os.environ.get("LLAMA_CPP_BIN"), CACHE / "build" / "bin"):
+        if folder and (Path(folder) / "llama-bench").exists():
+            return Path(folder) / "llama-bench"
+    found = shutil.which("llama-bench")
+    return Path(found) if found else None
+
+
+def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if done.returncode:
+        raise RuntimeError(
+            f"{what} failed ({' '.join(map(str, cmd[:3]))} ...):\n{(done.stderr or done.stdout)[-1500:]}"
+        )
+    return done
+
+
+def sources() -> Path:
+    """llama.cpp's source folder, from the ``llama-cpp-python`` source package (downloaded once, then cached)."""
+    found = sorted(CACHE.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    if found:
+        return found[-1]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-q", "-d", tmp, SDIST], "pip")
+        archive = next(Path(tmp).glob("*.tar.gz"))
+        shutil.unpack_archive(archive, CACHE)
+    return sorted(CACHE.glob("llama_cpp_python-*/vendor/llama.cpp"))[-1]
+
+
+def build() -> Path:
+    """Build ``llama-bench`` for this CPU (cmake and a C++ compiler needed); return its path."""
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(
+                f"Building llama.cpp needs {tool}, which this machine lacks. Install cmake and a C++ compiler, or "
+                "point LLAMA_CPP_BIN at a folder with a llama-bench you built."
+            )
+    src, out = sources(), CACHE / "build"
+    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+    _run(["cmake", "-S", str(src), "-B", str(out), *flags], "cmake configure")
+    _run(["cmake", "--build", str(out), "--target", "llama-bench", f"-j{os.cpu_count() or 2}"], "cmake build")
+    return out / "bin" / "llama-bench"
+
+
+_CONVERT = """
+import sys
+from conversion.base import TextModel
+TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"  # llama-bench never tokenizes: any BPE name does
+import convert_hf_to_gguf
+sys.argv = ["convert_hf_to_gguf.py", *sys.argv[1:]]
+convert_hf_to_gguf.main()
+"""
+
+
+def convert(model, tok, folder: Path, outtype: str) -> Path:
+    """``model`` as a GGUF file of ``outtype`` (f16, q8_0), with llama.cpp's own converter."""
+    hf = folder / "hf"
+    if not hf.exists():
+        model.save_pretrained(hf, safe_serialization=True)
+        tok.save_pretrained(hf)
+        config = json.loads((hf / "config.json").read_text())  # the converter reads GPT-2's older name of the
+        config.setdefault("n_ctx", config["n_positions"])  # context length, which transformers 5 no longer writes
+        (hf / "config.json").write_text(json.dumps(config, indent=1))
+    src, out = sources(), folder / f"model-{outtype}.gguf"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(src), str(src / "gguf-py"), os.environ.get("PYTHONPATH", "")]),
+    }
+    _run([sys.executable, "-c", _CONVERT, str(hf), "--outtype", outtype, "--outfile", str(out)], "convert", env=env)
+    return out
+
+
+def parse_bench(text: str) -> list[dict]:
+    """``llama-bench -o json`` output as rows: decode tokens/s, median and range over its repetitions."""
+    rows = []
+    for r in json.loads(text):
+        samples = r.get("samples_ts") or [r["avg_ts"]]
+        rows.append(
+            {
+                "label": f"llama.cpp {r.get('type_k', '')} {r.get('model_type', '')}".strip(),
+                "model_type": r.get("model_type"),
+                "threads": r.get("n_threads"),
+                "new_tokens": r.get("n_gen"),
+                "depth": r.get("n_depth", 0),
+                "decode_tok_s": statistics.median(samples),
+                "decode_tok_s_min": min(samples),
+                "decode_tok_s_max": max(samples),
+                "build": r.get("build_commit"),
+                "cpu_info": r.get("cpu_info"),
+            }
+        )
+    return rows
+
+
+def bench(bench_path: Path, gguf: Path, threads: int, new_tokens: int, depth: int, repeats: int) -> list[dict]:
+    cmd = [str(bench_path), "-m", str(gguf), "-p", "0", "-n", str(new_tokens), "-d", str(depth)]
+    cmd += ["-t", str(threads), "-r", str(repeats), "-o", "json"]
+    return parse_bench(_run(cmd, "llama-bench").stdout)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gpt2-124m-random", help="a model name of helpers.models")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--record", action="store_true", help="keep the rows in results/recorded/ (committed)")
+    args = parser.parse_args(argv)
+    import torch
+
+    from . import device, ladder, models, results
+
+    if args.record:
+        os.environ["WORKBOOK_RECORD"] = "1"
+        os.environ.setdefault("WORKBOOK_COMMAND", "python -m helpers.llamacpp " + " ".join(argv or sys.argv[1:]))
+    threads = torch.get_num_threads()
+    print(f"{device.cpu_summary()}; {threads} threads for both")
+    bench_path = find_bench() or build()
+    model, tok = models.load(args.model, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        ggufs = {t: convert(model, tok, Path(tmp), t) for t in ("f16", "q8_0")}
+        timing = dict(prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats, device="cpu")
+        rows = [{**r, "round": "before"} for r in ladder.run(args.model, **timing)]
+        for kind, path in ggufs.items():
+            for r in bench(bench_path, path, threads, args.new_tokens, args.prompt_len, args.repeats):
+                rows.append({**r, "label": f"llama.cpp {kind}, llama-bench", "round": "llama.cpp"})
+        rows += [{**r, "round": "after"} for r in ladder.run(args.model, **timing)]
+    first = next(r for r in rows if r["label"] == "generate(), fp32 eager")["decode_tok_s"]
+    for r in rows:
+        r["vs_fp32_eager"] = r["decode_tok_s"] / first
+        print(f"{r['round']:>9} | {r['label']:<50} | {r['decode_tok_s']:8.1f} tokens/s | {r['vs_fp32_eager']:.2f}x")
+        keep = {k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        results.record({**keep, "model": args.model, "threads": threads}, notebook="llamacpp", technique=r["label"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
