@@ -141,6 +141,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--record", action="store_true", help="keep the rows in results/recorded/ (committed)")
     args = parser.parse_args(argv)
+    from .notebook import quiet
+
+    quiet()  # importing transformers imports torchao, which logs about GPU kernels a CPU lacks
     import torch
 
     from . import device, ladder, models, results
