@@ -27,6 +27,7 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.llamacpp``  ``python -m helpers.llamacpp``: llama.cpp's decoder timed beside the workbook's on a CPU
 - ``helpers.speculative`` speculative decoding from scratch (greedy and rejection sampling)
 - ``helpers.distill``   the knowledge-distillation loss (soft targets with a temperature)
+- ``helpers.serve``     a continuous-batching engine with a paged KV cache, from scratch (for notebook 08)
 - ``helpers.leaderboard`` notebook 07's leaderboard: entries kept in the result log, Pareto fronts
 """
 

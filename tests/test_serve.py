@@ -1,0 +1,66 @@
+"""helpers.serve: every request gets exactly the tokens it gets alone; the paged cache holds what it must."""
+
+import pytest
+import torch
+
+from helpers import fastgen, serve
+
+
+def alone(model, prompt, n):
+    """Greedy tokens of one request decoded by itself (the fast decoder, eager)."""
+    out = fastgen.FastGPT2(model, compile=False).generate(prompt[None], n)
+    return out[0, prompt.numel() :].tolist()
+
+
+def requests(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    spec = [(5, 7, 0), (11, 3, 0), (3, 12, 1), (9, 1, 2), (17, 6, 2), (6, 9, 5)]  # prompt, new tokens, arrival
+    return [serve.Request(torch.randint(0, 200, (p,), generator=g), n, arrival=a) for p, n, a in spec]
+
+
+def test_each_request_gets_the_tokens_it_gets_alone(tiny_model):
+    engine = serve.Engine(tiny_model, max_batch=3, n_blocks=32, block_size=4)
+    done = engine.run(requests())
+    for r in done:
+        assert r.tokens == alone(tiny_model, r.prompt, r.max_new_tokens)
+        assert r.first_token_s is not None and r.done_s >= r.first_token_s
+    assert max(r.admitted_step for r in done) > 0  # some waited for a slot: the batch really changed over time
+    assert sorted(engine.cache.free) == list(range(32)) and not engine.cache.tables  # every block back in the pool
+
+
+def test_the_paged_cache_wastes_less_than_a_block_per_sequence(tiny_model):
+    engine = serve.Engine(tiny_model, max_batch=3, n_blocks=32, block_size=4)
+    cache = engine.cache
+    seen = []
+    original = engine._decode
+
+    def watch(running, reqs, reserved, start):
+        original(running, reqs, reserved, start)
+        seen.append((cache.in_use() - cache.held(), len(cache.tables)))
+
+    engine._decode = watch
+    engine.run(requests(1))
+    assert seen and all(unused < cache.block_size * n for unused, n in seen)  # one partial block each at most
+
+
+def test_a_full_pool_makes_requests_wait_and_bad_requests_are_refused(tiny_model):
+    small = serve.Engine(tiny_model, max_batch=4, n_blocks=6, block_size=4)  # room for about one request at a time
+    done = small.run(requests(2)[:3])
+    for r in done:
+        assert r.tokens == alone(tiny_model, r.prompt, r.max_new_tokens)
+    with pytest.raises(ValueError, match="larger n_blocks"):
+        small.run([serve.Request(torch.arange(20), 10)])
+    with pytest.raises(ValueError, match="positions"):
+        small.run([serve.Request(torch.arange(10), tiny_model.config.n_positions)])
+    with pytest.raises(ValueError, match="1-D prompt"):
+        small.run([serve.Request(torch.arange(4)[None], 2)])
+
+
+def test_on_the_pocket_model_with_real_prompts():
+    from helpers import bench, models
+
+    model, tok = models.load("pocket", device="cpu", verbose=False)
+    prompts = [tok(p, return_tensors="pt")["input_ids"][0] for p in bench.prompts()[:4]]
+    reqs = [serve.Request(p, 8 + 4 * i, arrival=i) for i, p in enumerate(prompts)]
+    for r in serve.Engine(model, max_batch=2, n_blocks=64, block_size=16).run(reqs):
+        assert r.tokens == alone(model, r.prompt, r.max_new_tokens)
