@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .fastgen.model import Decoder
 
@@ -94,6 +93,19 @@ class PagedKVCache:
         return sum(len(t) for t in self.tables.values()) * self.block_size
 
 
+class LayerView:
+    """One layer of a ``PagedKVCache`` for a batch of sequences, with a static ``KVCache``'s ``update``, so that
+    the decoder's ``Block`` reads and writes the paged cache unchanged."""
+
+    def __init__(self, cache: PagedKVCache, layer: int, seqs: list[int]):
+        self.cache, self.layer, self.seqs = cache, layer, seqs
+
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``, ``v`` (B, H, T, D) at positions ``pos`` (B, T); return every sequence's cache (B, H, L, D)."""
+        self.cache.write(self.layer, self.seqs, pos, k, v)
+        return self.cache.gather(self.layer, self.seqs)
+
+
 class Engine:
     """Continuous batching over a paged KV cache for a ``GPT2LMHeadModel`` (its weights copied, greedy)."""
 
@@ -110,20 +122,19 @@ class Engine:
 
     @torch.no_grad()
     def forward(self, seqs: list[int], tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Logits (B, vocab) after tokens (B, T) at positions (B, T) of sequences ``seqs``, writing their cache."""
-        m, c = self.model, self.config.n_embd
-        b, t = tokens.shape
+        """Logits (B, vocab) after tokens (B, T) at positions (B, T) of sequences ``seqs``, writing their cache.
+
+        The decoder's own blocks run it (``fastgen.model.Block``); each reads and writes the paged cache through
+        a ``LayerView``, which has the ``update`` of a static ``KVCache``.
+        """
+        m = self.model
         x = m.embed(tokens) + m.wpe(pos)  # (B, T, C)
-        keys = torch.arange(self.cache.blocks_for(int(pos.max()) + 1) * self.cache.block_size, device=self.device)
+        width = max(len(self.cache.tables[s]) for s in seqs) * self.cache.block_size  # L: the gathered length
+        keys = torch.arange(width, device=self.device)
+        mask = (keys[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, L): causal, this sequence only
         for i, blk in enumerate(m.blocks):
-            q, k, v = blk.qkv(blk.ln_1(x)).split(c, dim=2)  # (B, T, C) each
-            q, k, v = (z.view(b, t, blk.n_head, c // blk.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
-            self.cache.write(i, seqs, pos, k, v)
-            k_all, v_all = self.cache.gather(i, seqs)  # (B, H, L, D)
-            mask = keys[None, None, : k_all.shape[2]] <= pos[:, :, None]  # (B, T, L): causal, this sequence only
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask.unsqueeze(1))  # (B, H, T, D)
-            x = x + blk.proj(y.transpose(1, 2).reshape(b, t, c))
-            x = x + blk.out(F.gelu(blk.fc(blk.ln_2(x)), approximate="tanh"))
+            blk.cache = LayerView(self.cache, i, seqs)
+            x = blk(x, pos, mask)  # (B, T, C)
         return m.head(m.ln_f(x[:, -1])).float()  # (B, V)
 
     def _check(self, r: Request) -> None:

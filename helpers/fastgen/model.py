@@ -78,7 +78,8 @@ class KVCache(nn.Module):
 
 
 class Block(nn.Module):
-    """One GPT-2 transformer block; ``cache`` (a ``KVCache``) is set by ``Decoder.setup_caches``."""
+    """One GPT-2 transformer block; ``cache`` (a ``KVCache``) is set by ``Decoder.setup_caches``, or by anything
+    with the same ``update`` (``helpers.serve`` gives it a view of its paged cache)."""
 
     def __init__(self, h, n_head: int, dtype: torch.dtype):
         super().__init__()
