@@ -7,11 +7,12 @@
 Rows: Hugging Face ``generate()`` in fp32 eager, in bf16, with a static cache (which transformers
 compiles by itself), then ``helpers.fastgen.FastGPT2`` (on a GPU compiled with CUDA graphs, compiled with
 ``GRAPH_STEPS`` decode steps captured per CUDA graph, and its hand-written Triton decode step with as many
-steps per graph; on a CPU eager and compiled) and FastGPT2 with int8 weights. Each row reports decode
-tokens/s at batch 1, its ratio to the first row, and its fraction of the memory-bandwidth limit (the device's
-measured bandwidth divided by the bytes one step must read: the weights of that row plus the KV cache). bf16 rows run on
-GPUs only: CPUs without bf16 matrix units run it slower than fp32, and the ladder is about speed.
-The table is printed and written as JSON (default ``results/ladder-<device>.json``).
+steps per graph; on a CPU eager and compiled) and FastGPT2 with int8 weights (on a CPU also llama.cpp's q8_0
+format computed by the workbook's own kernel, ``helpers.q8``, where a C++ compiler can build it). Each row
+reports decode tokens/s at batch 1, its ratio to the first row, and its fraction of the memory-bandwidth limit
+(the device's measured bandwidth divided by the bytes one step must read: the weights of that row plus the KV
+cache). bf16 rows run on GPUs only: CPUs without bf16 matrix units run it slower than fp32, and the ladder is
+about speed. The table is printed and written as JSON (default ``results/ladder-<device>.json``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import bench, capability, fastgen, models, results
+from . import bench, capability, fastgen, models, q8, results
 from . import device as devices
 from .notebook import quiet
 
@@ -89,6 +90,12 @@ def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True
         rows.append(
             ("FastGPT2, int8 weights (dynamic int8), eager", base, lambda: fastgen.FastGPT2(base, int8=True), "fast")
         )
+        ok, why = q8.available()
+        if ok:
+            make = lambda: fastgen.FastGPT2(base, int8="q8_0", compile=True)  # noqa: E731
+            rows.append(("FastGPT2, q8_0 weights (workbook kernel), compiled", base, make, "fast"))
+        else:
+            print(f"ladder: no q8_0 row: {why}")
     return rows
 
 

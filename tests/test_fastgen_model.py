@@ -31,3 +31,28 @@ def test_weight_bytes_counts_the_tied_output_layer_once(tiny_model):
     decoder = fm.Decoder(tiny_model, torch.float32)
     n = sum(p.numel() for p in tiny_model.parameters())  # transformers ties lm_head to wte: counted once
     assert decoder.weight_bytes() == 4 * n
+
+
+def test_written_out_attention_equals_sdpa_and_stays_finite_on_padding():
+    import torch.nn.functional as F
+
+    from helpers.fastgen.model import attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 8)
+    mask = torch.ones(2, 1, 4, 6, dtype=torch.bool).tril(2)
+    torch.testing.assert_close(attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    mask[0, :, 0] = False  # a padding query that may see no key at all
+    assert torch.isfinite(attention(q, k, v, mask)).all()
+
+
+def test_a_compiled_cpu_step_with_written_out_attention_matches_generate_on_a_padded_batch(tiny_model, tokenizer):
+    from helpers import fastgen
+
+    tokenizer.padding_side = "left"
+    enc = tokenizer(["def main():", "x = 1\nfor i in range(3):"], return_tensors="pt", padding=True)
+    eager = fastgen.FastGPT2(tiny_model, compile=False)
+    compiled = fastgen.FastGPT2(tiny_model, compile=True)
+    assert not any(b.sdpa for b in compiled.model.blocks)
+    a = eager.generate(enc["input_ids"], 8, attention_mask=enc["attention_mask"])
+    assert torch.equal(a, compiled.generate(enc["input_ids"], 8, attention_mask=enc["attention_mask"]))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import capability, quant
+from .. import capability, q8, quant
 from . import policy, triton_step
 from .model import Decoder, Linear
 
@@ -43,7 +43,9 @@ class FastGPT2(nn.Module):
     ``dtype``: float dtype of weights and activations (default: the model's). ``int8``: int8 weights, by
     swapping the decoder's ``Linear`` layers: on a GPU ``quant.Int8Linear`` (weight-only, dequantization fused
     into the product when compiled), on a CPU ``quant.dynamic_int8_linear`` (``torch.ao``'s FBGEMM kernels,
-    the fastest CPU path notebook 03 measured). ``compile``: ``"auto"`` compiles the decode step on a GPU with
+    the fastest CPU path notebook 03 measured); ``int8="q8_0"`` (CPU) swaps in ``q8.Q8Linear`` instead:
+    llama.cpp's q8_0 format computed by the workbook's own C++ kernel (notebook 03c), built once for this CPU.
+    ``compile``: ``"auto"`` compiles the decode step on a GPU with
     CUDA graphs (``policy.TUNED_CUDA_GRAPHS``) and leaves it eager on a CPU (``python -m helpers.ladder``
     measures both); ``True``/``False`` force it; a string is passed to ``torch.compile`` as its mode, a dict as
     its options. ``matvec``: one-row matrix products as multiply-and-sum (``model.matvec``); ``"auto"`` uses it
@@ -63,7 +65,7 @@ class FastGPT2(nn.Module):
         model,
         *,
         dtype: torch.dtype | None = None,
-        int8: bool = False,
+        int8: bool | str = False,
         compile="auto",
         matvec="auto",
         graph_steps: int = 0,
@@ -81,14 +83,20 @@ class FastGPT2(nn.Module):
         self.device = next(model.parameters()).device
         self.dtype = dtype or next(model.parameters()).dtype
         on_gpu = self.device.type == "cuda"
+        if int8 not in (False, True, "q8_0"):
+            raise ValueError(f"int8 takes False, True or 'q8_0' (the CPU kernel of notebook 03c), got {int8!r}.")
+        if int8 == "q8_0" and on_gpu:
+            raise ValueError("int8='q8_0' is a CPU kernel: on a GPU use int8=True (weight-only int8).")
         if int8 and not on_gpu and self.dtype != torch.float32:
-            raise ValueError("On a CPU, FastGPT2's int8 path (dynamic int8) runs in float32: leave dtype unset.")
+            raise ValueError("On a CPU, FastGPT2's int8 paths take float32 activations: leave dtype unset.")
+        self.int8 = int8
         self.model = Decoder(model, self.dtype)
         if int8 and on_gpu:
             quant.swap_linears(self.model, quant.Int8Linear.from_float, Linear)
         elif int8:  # the output layer loses its rows: the token embedding keeps a float copy of them
             self.model.wte = nn.Embedding.from_pretrained(self.model.head.weight.detach().clone(), freeze=True)
-            quant.swap_linears(self.model, quant.dynamic_int8_linear, Linear)
+            make = q8.Q8Linear.from_float if int8 == "q8_0" else quant.dynamic_int8_linear
+            quant.swap_linears(self.model, make, Linear)
         # how steps run: the policy, applied from outside the model
         self.graph_steps = graph_steps if on_gpu and compile else 0
         self.compile_mode = policy.compile_options(compile, on_gpu, self.graph_steps)
@@ -96,6 +104,9 @@ class FastGPT2(nn.Module):
             raise ValueError(
                 "graph_steps captures CUDA graphs itself: compile without them (e.g. compile=fastgen.TUNED)."
             )
+        if self.compile_mode is not None and not on_gpu:  # the compiler fuses written-out attention on a CPU
+            for block in self.model.blocks:
+                block.sdpa = False
         if matvec == "auto":
             matvec = self.compile_mode is not None and on_gpu
         for layer in self.model.modules():

@@ -77,9 +77,21 @@ class KVCache(nn.Module):
         return self.k, self.v  # (B, H, L, D) each
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention written out: what ``F.scaled_dot_product_attention`` computes.
+
+    Compiled on a CPU, these few lines fuse with the code around them into generated C++, where the library
+    call stays one opaque kernel; at one new token the written-out form is the faster (notebook 03c)."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, T, L)
+    # the most negative float rather than -inf: a padding position whose row is all masked gets finite numbers
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # masked keys get weight exp(-huge) = 0
+    return scores.softmax(-1) @ v  # (B, H, T, D)
+
+
 class Block(nn.Module):
     """One GPT-2 transformer block; ``cache`` (a ``KVCache``) is set by ``Decoder.setup_caches``, or by anything
-    with the same ``update`` (``helpers.serve`` gives it a view of its paged cache)."""
+    with the same ``update`` (``helpers.serve`` gives it a view of its paged cache). ``sdpa=False`` computes
+    attention with the written-out ``attention`` instead of PyTorch's fused kernel."""
 
     def __init__(self, h, n_head: int, dtype: torch.dtype):
         super().__init__()
@@ -90,13 +102,14 @@ class Block(nn.Module):
         self.fc = from_conv1d(h.mlp.c_fc, dtype)  # (4C, C): the MLP's first product
         self.out = from_conv1d(h.mlp.c_proj, dtype)  # (C, 4C): the MLP's second product
         self.cache: KVCache | None = None
+        self.sdpa = True
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape  # batch, new positions, width
         q, k, v = self.qkv(self.ln_1(x)).split(c, dim=2)  # (B, T, C) each
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
         k, v = self.cache.update(pos, k, v)  # (B, H, L, D): every cached position, this step's included
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) if self.sdpa else attention(q, k, v, mask)
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))  # (B, T, C)
         return x + self.out(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))  # (B, T, C)
 
@@ -156,13 +169,15 @@ class Decoder(nn.Module):
 
         A separate token embedding (``wte``) is left out: a step reads one row of it. Quantized layers
         count what they store (``torch.ao``'s dynamic int8 layers keep their int8 weights outside
-        ``parameters()``).
+        ``parameters()``; ``q8.Q8Linear`` keeps its codes and scales as buffers and counts them itself).
         """
         total = 0
         for m in self.modules():
             if isinstance(m, torch.ao.nn.quantized.dynamic.Linear):  # int8 weights (not parameters), float bias
                 b = m.bias()
                 total += m.weight().numel() + (0 if b is None else b.numel() * b.element_size())
+            elif hasattr(m, "quantized_bytes"):  # q8.Q8Linear: codes and scales (its bias is a parameter)
+                total += m.quantized_bytes()
         lookup = {id(t) for t in self.wte.parameters()} if self.wte is not None else set()
         seen = {id(t): t for t in self.parameters() if id(t) not in lookup}
         return total + sum(t.numel() * t.element_size() for t in seen.values())

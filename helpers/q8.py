@@ -1,0 +1,217 @@
+"""q8_0 weights on a CPU, as llama.cpp stores them, computed by the workbook's own integer kernel.
+
+Notebook 03c builds the format and its arithmetic from scratch; this module is that lesson as code:
+
+- ``quantize_q8_0`` / ``dequantize_q8_0``: blocks of 32 weights along the input, one fp16 scale each
+  (absmax / 127), the input padded with zeros to a multiple of 32: 1.0625 bytes per weight.
+- ``interleave``: four output rows' blocks side by side, the layout the kernel streams.
+- ``matmul_reference``: the kernel's arithmetic in PyTorch (activations quantized per block of 32, integer dot
+  products, both scales applied per block): slow, exact, what the tests hold the kernel to.
+- ``kernel``: builds ``q8_kernel.cpp`` for this CPU once (``torch.utils.cpp_extension``: a C++ compiler and
+  ninja, ``-march=native``; cached, so later loads take a moment) and registers ``torch.ops.faster_gpt2.q8_matmul``
+  (an operator a compiled step calls as one). ``available()`` says whether it can, and why not.
+- ``Q8Linear``: a linear layer with q8_0 weights that calls the kernel, for swapping into a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BLOCK = 32  # values per block, as llama.cpp's q8_0
+ROWS = 4  # output rows the kernel computes together (the interleave)
+SOURCE = Path(__file__).with_name("q8_kernel.cpp")
+CACHE = Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "faster-gpt2")) / "q8_kernel"
+FLAGS = ["-O3", "-march=native"]  # this CPU's instruction sets: the build is for this machine only
+
+_ext = None  # the loaded extension
+_build_s: float | None = None  # seconds the last kernel() call took (build or load)
+
+
+# --- the format -------------------------------------------------------------------------------------
+def quantize_q8_0(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes (out, in rounded up to 32) and fp16 scales (out, blocks) of a 2-D weight (out, in)."""
+    if w.dim() != 2:
+        raise ValueError(f"quantize_q8_0 expects a 2-D weight (out, in), got shape {tuple(w.shape)}.")
+    n, k = w.shape
+    kp = -(-k // BLOCK) * BLOCK
+    blocks = F.pad(w.detach().float(), (0, kp - k)).view(n, kp // BLOCK, BLOCK)  # (out, B, 32)
+    scale = (blocks.abs().amax(-1) / 127).half()  # (out, B): stored in fp16, as q8_0
+    s = scale.float().unsqueeze(-1)  # (out, B, 1)
+    codes = torch.where(s > 0, blocks / s.clamp(min=torch.finfo(torch.float32).tiny), 0).round().clamp(-127, 127)
+    return codes.to(torch.int8).view(n, kp), scale  # (out, Kp), (out, B)
+
+
+def dequantize_q8_0(codes: torch.Tensor, scale: torch.Tensor, in_features: int | None = None) -> torch.Tensor:
+    """Float weights (out, in) back from codes (out, Kp) and scales (out, B); padding columns dropped."""
+    n, kp = codes.shape
+    w = (codes.view(n, kp // BLOCK, BLOCK).float() * scale.float().unsqueeze(-1)).view(n, kp)  # (out, Kp)
+    return w[:, : in_features or kp]
+
+
+def interleave(codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (N, Kp) and scales (N, B) in the kernel's layout: rows padded to a multiple of 4 with zeros, then
+    each group of 4 rows stored block by block, (N/4, B, 4, 32) and (N/4, B, 4), seen as 2-D tensors."""
+    n, kp = codes.shape
+    b, npad = kp // BLOCK, -(-n // ROWS) * ROWS
+    codes = F.pad(codes, (0, 0, 0, npad - n))
+    scale = F.pad(scale, (0, 0, 0, npad - n))
+    codes = codes.view(npad // ROWS, ROWS, b, BLOCK).transpose(1, 2).contiguous().view(npad, kp)
+    scale = scale.view(npad // ROWS, ROWS, b).transpose(1, 2).contiguous().view(npad, b)
+    return codes, scale
+
+
+def quantize_activations(x: torch.Tensor, kp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``x`` (M, K) as int8 blocks of 32 (M, Kp) with a float scale each (M, B), zero-padded to ``kp``."""
+    m, k = x.shape
+    blocks = F.pad(x.float(), (0, kp - k)).view(m, kp // BLOCK, BLOCK)  # (M, B, 32)
+    d = blocks.abs().amax(-1) / 127  # (M, B)
+    inv = torch.where(d > 0, 1 / d.clamp(min=torch.finfo(torch.float32).tiny), 0).unsqueeze(-1)  # (M, B, 1)
+    return (blocks * inv).round().to(torch.int8).view(m, kp), d
+
+
+def matmul_reference(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """What the kernel computes, in PyTorch: ``x`` (M, K) times q8_0 weights (N, Kp)/(N, B) -> (M, N).
+
+    Each block's dot product is exact in integers; the float work is one multiply-add per block."""
+    n, kp = codes.shape
+    xq, xs = quantize_activations(x, kp)  # (M, Kp) int8, (M, B)
+    xb = xq.view(-1, kp // BLOCK, BLOCK).to(torch.int32)  # (M, B, 32)
+    wb = codes.view(n, kp // BLOCK, BLOCK).to(torch.int32)  # (N, B, 32)
+    sums = torch.einsum("mbk,nbk->mnb", xb, wb)  # (M, N, B): integer sums of 32 products (exact)
+    return (sums.float() * xs[:, None, :] * scale.float()[None, :, :]).sum(-1)  # (M, N)
+
+
+# --- the kernel -------------------------------------------------------------------------------------
+def available() -> tuple[bool, str]:
+    """Whether ``kernel()`` can build here, and why not (a sentence that says what to do)."""
+    if _ext is not None:
+        return True, "built"
+    if sys.platform == "win32":
+        return False, "the kernel's build flags are for gcc or clang (Linux, macOS): use WSL on Windows."
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return False, f"no C++ compiler ({cxx}) was found: install one (e.g. `apt install g++` or Xcode's tools)."
+    from torch.utils.cpp_extension import is_ninja_available
+
+    if not is_ninja_available():
+        return False, "ninja is missing: `pip install ninja` (torch builds C++ extensions with it)."
+    return True, "a C++ compiler and ninja are here"
+
+
+def _flags() -> tuple[list[str], list[str]]:
+    """Compiler and linker flags: this CPU's instruction sets, and OpenMP threads where the compiler has them."""
+    openmp = sys.platform.startswith("linux")  # Apple's clang has no OpenMP: there the kernel runs on one thread
+    return FLAGS + (["-fopenmp"] if openmp else []), (["-fopenmp"] if openmp else [])
+
+
+def kernel(verbose: bool = False):
+    """Build (first time, cached) and load the kernel; returns the extension (``q8_isa()`` names its path).
+
+    Raises ``RuntimeError`` with what to do when it cannot be built here (see ``available``)."""
+    global _ext, _build_s
+    if _ext is not None:
+        return _ext
+    ok, why = available()
+    if not ok:
+        raise RuntimeError(f"The q8_0 kernel cannot be built here: {why}")
+    from torch.utils.cpp_extension import load_inline
+
+    cflags, ldflags = _flags()
+    src = SOURCE.read_text()
+    key = "|".join([src, *cflags, torch.__version__, platform.machine(), platform.node()])
+    name = "faster_gpt2_q8_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    folder = CACHE / name
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        _ext = load_inline(
+            name,
+            cpp_sources=[src],
+            functions=["q8_isa"],
+            extra_cflags=cflags,
+            extra_ldflags=ldflags,
+            build_directory=str(folder),
+            verbose=verbose,
+        )
+    except Exception as e:  # a compiler error: say where to look
+        raise RuntimeError(
+            f"Building the q8_0 kernel failed ({type(e).__name__}); run kernel(verbose=True) to see "
+            f"the compiler's output. Build folder: {folder}"
+        ) from e
+    _build_s = time.perf_counter() - start
+    return _ext
+
+
+def build_seconds() -> float | None:
+    """How long ``kernel()`` took in this process (a first build, or loading a cached one), or None."""
+    return _build_s
+
+
+def isa() -> str:
+    """The instruction-set path the built kernel uses ("AVX-512 VNNI", "AVX2", ...)."""
+    return kernel().q8_isa()
+
+
+# The operator's signature is declared here, its CPU implementation by the kernel when it loads; the shape
+# function lets torch.compile trace a step that calls it without running it.
+_LIB = torch.library.Library("faster_gpt2", "DEF")
+_LIB.define("q8_matmul(Tensor x, Tensor codes, Tensor scales, int n) -> Tensor")
+
+
+@torch.library.register_fake("faster_gpt2::q8_matmul")
+def _q8_matmul_shape(x, codes, scales, n):
+    return x.new_empty(x.shape[0], n)
+
+
+def matmul(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
+    """``x`` (M, K) float32 times interleaved q8_0 weights with ``n`` output rows -> (M, n), by the kernel
+    (built or loaded first if this process has not yet)."""
+    kernel()
+    return torch.ops.faster_gpt2.q8_matmul(x, codes, scales, n)
+
+
+class Q8Linear(nn.Module):
+    """A linear layer with q8_0 weights (interleaved for the kernel) and a float bias, computed by the kernel.
+
+    Activations are quantized per block of 32 at each call, as llama.cpp does; inputs are float32.
+    """
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, in_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, codes.shape[0]
+        codes, scale = interleave(codes, scale)
+        self.register_buffer("codes", codes)  # (N rounded up to 4, Kp) int8, interleaved
+        self.register_buffer("scales", scale)  # (N rounded up to 4, Kp / 32) fp16, interleaved
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)  # (out,)
+
+    @classmethod
+    def from_float(cls, layer: nn.Module) -> Q8Linear:
+        """From any layer with a float ``weight`` (out, in) and a ``bias`` (or None); builds the kernel if needed."""
+        kernel()
+        codes, scale = quantize_q8_0(layer.weight)
+        return cls(codes, scale, layer.bias, layer.weight.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            raise TypeError(f"Q8Linear takes float32 inputs (it quantizes them itself), got {x.dtype}.")
+        x2 = x.reshape(-1, self.in_features)  # (M, in): the kernel was loaded when the layer was made
+        y = torch.ops.faster_gpt2.q8_matmul(x2, self.codes, self.scales, self.out_features)  # (M, out)
+        y = y.view(*x.shape[:-1], self.out_features)  # (..., out)
+        return y if self.bias is None else y + self.bias
+
+    def quantized_bytes(self) -> int:
+        """Bytes of the stored weight one product reads: int8 codes and fp16 scales, padding included."""
+        return self.codes.numel() + self.scales.numel() * 2
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, q8_0"
