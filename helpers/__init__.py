@@ -20,6 +20,7 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.recipe``    how the pocket models were made (tokenizer, configs, model card)
 - ``helpers.checks``    checks for the exercises
 - ``helpers.quant``     quantizers from scratch (int8, int4, granularities, fake quantization)
+- ``helpers.q8``        llama.cpp's q8_0 weights and the workbook's own C++ kernel for them (CPU, notebook 03c)
 - ``helpers.prune``     pruning: magnitude (unstructured), 2:4, MLP neurons and blocks, CSR timing
 - ``helpers.fastgen``   the fast decoder, a package in the lessons' order: model (eager, ``KVCache``), policy
                         (compile, CUDA graphs), triton_step (the hand-written step), generator (``FastGPT2``)

@@ -103,9 +103,18 @@ def available() -> tuple[bool, str]:
         return False, f"no C++ compiler ({cxx}) was found: install one (e.g. `apt install g++` or Xcode's tools)."
     from torch.utils.cpp_extension import is_ninja_available
 
+    _ninja_on_path()
     if not is_ninja_available():
         return False, "ninja is missing: `pip install ninja` (torch builds C++ extensions with it)."
     return True, "a C++ compiler and ninja are here"
+
+
+def _ninja_on_path() -> None:
+    """pip's ninja lives beside this Python; a kernel started without the virtual environment activated (a
+    Jupyter kernel, ``.venv/bin/python``) would not find it on PATH, so put that folder on PATH."""
+    here = str(Path(sys.executable).parent)
+    if (Path(here) / "ninja").exists() and here not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
 
 
 def _flags() -> tuple[list[str], list[str]]:
