@@ -10,11 +10,13 @@ Notebook 03c builds the format and its arithmetic from scratch; this module is t
 - ``kernel``: builds ``q8_kernel.cpp`` for this CPU once (``torch.utils.cpp_extension``: a C++ compiler and
   ninja, ``-march=native``; cached, so later loads take a moment) and registers ``torch.ops.faster_gpt2.q8_matmul``
   (an operator a compiled step calls as one). ``available()`` says whether it can, and why not.
-- ``Q8Linear``: a linear layer with q8_0 weights that calls the kernel, for swapping into a model.
+- ``Q8Linear``: a linear layer with q8_0 weights that calls the kernel, for swapping into a model;
+  ``q8_0_model``: a copy of a GPT-2 with every linear layer swapped (for perplexity, notebook 03c).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import platform
@@ -34,7 +36,8 @@ CACHE = Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "faster-g
 FLAGS = ["-O3", "-march=native"]  # this CPU's instruction sets: the build is for this machine only
 
 _ext = None  # the loaded extension
-_build_s: float | None = None  # seconds the last kernel() call took (build or load)
+_build_s: float | None = None  # seconds the kernel() call that loaded it took
+_compiled = False  # whether that call compiled it (True) or loaded an earlier build from the cache (False)
 
 
 # --- the format -------------------------------------------------------------------------------------
@@ -127,7 +130,7 @@ def kernel(verbose: bool = False):
     """Build (first time, cached) and load the kernel; returns the extension (``q8_isa()`` names its path).
 
     Raises ``RuntimeError`` with what to do when it cannot be built here (see ``available``)."""
-    global _ext, _build_s
+    global _ext, _build_s, _compiled
     if _ext is not None:
         return _ext
     ok, why = available()
@@ -141,6 +144,7 @@ def kernel(verbose: bool = False):
     name = "faster_gpt2_q8_" + hashlib.sha256(key.encode()).hexdigest()[:12]
     folder = CACHE / name
     folder.mkdir(parents=True, exist_ok=True)
+    cached = (folder / f"{name}.so").exists()
     start = time.perf_counter()
     try:
         _ext = load_inline(
@@ -157,13 +161,18 @@ def kernel(verbose: bool = False):
             f"Building the q8_0 kernel failed ({type(e).__name__}); run kernel(verbose=True) to see "
             f"the compiler's output. Build folder: {folder}"
         ) from e
-    _build_s = time.perf_counter() - start
+    _build_s, _compiled = time.perf_counter() - start, not cached
     return _ext
 
 
 def build_seconds() -> float | None:
     """How long ``kernel()`` took in this process (a first build, or loading a cached one), or None."""
     return _build_s
+
+
+def compiled_now() -> bool:
+    """Whether this process compiled the kernel (False: it loaded an earlier build from the cache)."""
+    return _compiled
 
 
 def isa() -> str:
@@ -224,3 +233,17 @@ class Q8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, q8_0"
+
+
+def q8_0_model(model: nn.Module) -> nn.Module:
+    """A copy of a GPT-2 on the CPU with every linear layer (the blocks' and the output layer) a ``Q8Linear``.
+
+    GPT-2's blocks use transformers' ``Conv1D``: they are turned into ``nn.Linear`` first, as for dynamic int8
+    (``quant.int8_dynamic``). The token embedding stays float (a step reads one row of it)."""
+    from .models import conv1d_to_linear
+    from .quant import swap_linears
+
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("The q8_0 kernel runs on the CPU: move the model there first (model.to('cpu')).")
+    out = conv1d_to_linear(copy.deepcopy(model).float())
+    return swap_linears(out, Q8Linear.from_float, nn.Linear)

@@ -1,7 +1,6 @@
 """q8_0 weights and the workbook's CPU kernel: the format, the kernel against its PyTorch reference, the layer,
 the fast decoder's q8_0 path (quality against fp32 and against dynamic int8) and the errors."""
 
-import copy
 import warnings
 
 import pytest
@@ -103,13 +102,8 @@ def pocket():
 def test_q8_0_perplexity_is_within_one_percent_of_fp32(pocket):
     model, tok = pocket
     tokens = evaluate.standard_tokens(tok)
-    q = models.conv1d_to_linear(copy.deepcopy(model))
-    q.lm_head = q8.Q8Linear.from_float(q.lm_head)  # the output layer too (untied: the embedding stays float)
-    for block in q.transformer.h:
-        for parent in (block.attn, block.mlp):
-            for name in ("c_attn", "c_fc", "c_proj"):
-                if hasattr(parent, name):
-                    setattr(parent, name, q8.Q8Linear.from_float(getattr(parent, name)))
+    q = q8.q8_0_model(model)
+    assert isinstance(q.lm_head, q8.Q8Linear) and isinstance(q.transformer.h[0].mlp.c_fc, q8.Q8Linear)
     fp32, ppl = evaluate.standard_perplexity(model, tokens), evaluate.standard_perplexity(q, tokens)
     assert abs(ppl / fp32 - 1) < 0.01, f"q8_0 perplexity {ppl:.3f} against fp32 {fp32:.3f}"
 
