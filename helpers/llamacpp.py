@@ -72,6 +72,7 @@ def build() -> Path:
             )
     src, out = sources(), CACHE / "build"
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+    flags += ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]  # llama-bench only
     _run(["cmake", "-S", str(src), "-B", str(out), *flags], "cmake configure")
     _run(["cmake", "--build", str(out), "--target", "llama-bench", f"-j{os.cpu_count() or 2}"], "cmake build")
     return out / "bin" / "llama-bench"
