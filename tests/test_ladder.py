@@ -40,8 +40,11 @@ def test_cpu_target_uses_the_fastest_row():
             record("FastGPT2, int8 weights (dynamic int8), eager", 110, "cpu"),
         ]
     )
+    for r in records:
+        r["cpu"] = "AMD EPYC, 2 threads, AVX2, FMA"
     (line,) = ladder.verdict(records)
     assert line.startswith("[met]") and "int8" in line and "4.40x" in line
+    assert line.endswith("on AMD EPYC, 2 threads, AVX2, FMA")  # the targets line names the CPU and its ISA
     table = ladder.table(records)
     assert table.splitlines()[0].startswith("| setup | tokens/s")
     assert "| FastGPT2, int8 weights (dynamic int8), eager | 110 | 4.40x |" in table
