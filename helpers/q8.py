@@ -34,6 +34,9 @@ ROWS = 4  # output rows the kernel computes together (the interleave)
 SOURCE = Path(__file__).with_name("q8_kernel.cpp")
 CACHE = Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "faster-gpt2")) / "q8_kernel"
 FLAGS = ["-O3", "-march=native"]  # this CPU's instruction sets: the build is for this machine only
+# Builds of the kernel's other paths on an x86 CPU that has more, so that the tests check each path's arithmetic
+# here (their speed belongs to CPUs that have only those instructions): AVX2 without AVX-512, and plain C++.
+VARIANTS = {"avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"]}
 
 _ext = None  # the loaded extension
 _build_s: float | None = None  # seconds the kernel() call that loaded it took
@@ -126,31 +129,25 @@ def _flags() -> tuple[list[str], list[str]]:
     return FLAGS + (["-fopenmp"] if openmp else []), (["-fopenmp"] if openmp else [])
 
 
-def kernel(verbose: bool = False):
-    """Build (first time, cached) and load the kernel; returns the extension (``q8_isa()`` names its path).
-
-    Raises ``RuntimeError`` with what to do when it cannot be built here (see ``available``)."""
-    global _ext, _build_s, _compiled
-    if _ext is not None:
-        return _ext
-    ok, why = available()
-    if not ok:
-        raise RuntimeError(f"The q8_0 kernel cannot be built here: {why}")
+def _load(variant: str | None, verbose: bool):
+    """Build (or load from the cache) one build of the kernel; ``variant`` None is this CPU's own."""
     from torch.utils.cpp_extension import load_inline
 
     cflags, ldflags = _flags()
+    if variant is not None:
+        cflags = cflags + VARIANTS[variant] + ["-DQ8_NO_REGISTER"]
     src = SOURCE.read_text()
     key = "|".join([src, *cflags, torch.__version__, platform.machine(), platform.node()])
-    name = "faster_gpt2_q8_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    name = f"faster_gpt2_q8_{variant or 'native'}_" + hashlib.sha256(key.encode()).hexdigest()[:12]
     folder = CACHE / name
     folder.mkdir(parents=True, exist_ok=True)
     cached = (folder / f"{name}.so").exists()
     start = time.perf_counter()
     try:
-        _ext = load_inline(
+        ext = load_inline(
             name,
             cpp_sources=[src],
-            functions=["q8_isa"],
+            functions=["q8_isa", "q8_matmul"],
             extra_cflags=cflags,
             extra_ldflags=ldflags,
             build_directory=str(folder),
@@ -161,7 +158,28 @@ def kernel(verbose: bool = False):
             f"Building the q8_0 kernel failed ({type(e).__name__}); run kernel(verbose=True) to see "
             f"the compiler's output. Build folder: {folder}"
         ) from e
-    _build_s, _compiled = time.perf_counter() - start, not cached
+    return ext, time.perf_counter() - start, not cached
+
+
+def kernel(verbose: bool = False, variant: str | None = None):
+    """Build (first time, cached) and load the kernel; returns the extension (``q8_isa()`` names its path).
+
+    Loading it registers ``torch.ops.faster_gpt2.q8_matmul``. ``variant`` ("avx2", "portable"; x86 only) builds
+    one of the other paths instead, for tests: call its ``q8_matmul`` directly (it registers nothing).
+    Raises ``RuntimeError`` with what to do when it cannot be built here (see ``available``)."""
+    global _ext, _build_s, _compiled
+    if variant is None and _ext is not None:
+        return _ext
+    ok, why = available()
+    if not ok:
+        raise RuntimeError(f"The q8_0 kernel cannot be built here: {why}")
+    if variant is not None:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant takes one of {', '.join(VARIANTS)}, got {variant!r}.")
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            raise RuntimeError(f"The {variant} variant is an x86 build; this CPU is {platform.machine()}.")
+        return _load(variant, verbose)[0]
+    _ext, _build_s, _compiled = _load(None, verbose)
     return _ext
 
 

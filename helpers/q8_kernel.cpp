@@ -182,6 +182,9 @@ torch::Tensor q8_matmul(torch::Tensor x, torch::Tensor codes, torch::Tensor scal
 }
 
 // The operator is declared in helpers/q8.py (with its shape function for torch.compile); this is its CPU code.
+// Builds of the other paths for the tests (q8.kernel(variant=...)) define Q8_NO_REGISTER and are called directly.
+#ifndef Q8_NO_REGISTER
 TORCH_LIBRARY_IMPL(faster_gpt2, CPU, m) {
   m.impl("q8_matmul", &q8_matmul);
 }
+#endif

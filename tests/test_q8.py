@@ -1,6 +1,7 @@
 """q8_0 weights and the workbook's CPU kernel: the format, the kernel against its PyTorch reference, the layer,
 the fast decoder's q8_0 path (quality against fp32 and against dynamic int8) and the errors."""
 
+import platform
 import warnings
 
 import pytest
@@ -137,3 +138,22 @@ def test_clear_errors_without_a_compiler_or_on_a_gpu_request(monkeypatch, tiny_m
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="float32"):
             fastgen.FastGPT2(tiny_model, int8="q8_0", dtype=torch.bfloat16)
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the variants are x86 builds")
+@pytest.mark.parametrize("variant,isa", [("avx2", "AVX2"), ("portable", "portable C++")])
+def test_the_kernels_other_paths_compute_the_same(variant, isa):
+    """The AVX2 path (CPUs without AVX-512, such as AMD's Zen 3) and the plain C++ one (Arm, older CPUs), built
+    here with those instructions turned off, give what the reference gives."""
+    ext = q8.kernel(variant=variant)
+    assert ext.q8_isa().startswith(isa)
+    torch.manual_seed(3)
+    for n, k, m in [(2304, 768, 1), (7, 480, 3)]:
+        w, x = torch.randn(n, k), torch.randn(m, k)
+        codes, scale = q8.quantize_q8_0(w)
+        ref = q8.matmul_reference(x, codes, scale)
+        out = ext.q8_matmul(x, *q8.interleave(codes, scale), n)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    with pytest.raises(ValueError, match="variant takes"):
+        q8.kernel(variant="avx9")
