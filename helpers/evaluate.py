@@ -136,3 +136,30 @@ def greedy_agreement(baseline, candidate, tokenizer, prompts: list[str], new_tok
         agree += int((picks == out[0, n_prompt:].cpu()).sum())
         total += out.shape[1] - n_prompt
     return agree / total
+
+
+@torch.no_grad()
+def cache_perplexity(fast, tokens: torch.Tensor, context: int | None = None) -> float:
+    """Perplexity of a ``fastgen.FastGPT2`` on a 1-D token tensor, every position reading keys and values back
+    from the decoder's own KV cache (an int8 cache's rounding included), in windows of ``context`` positions.
+
+    Each window is one prefill through the cache: position t attends to positions 0..t as the cache returns
+    them, as a decode step would. Windows do not overlap, so the first tokens of each have little history."""
+    decoder = fast.model
+    context = min(context or decoder.config.n_positions, decoder.config.n_positions)
+    if tokens.dim() != 1 or tokens.numel() < 2:
+        raise ValueError(f"cache_perplexity takes a 1-D tensor of at least 2 tokens, got shape {tuple(tokens.shape)}.")
+    nll, count = 0.0, 0
+    for start in range(0, tokens.numel() - 1, context):
+        window = tokens[start : start + context].to(fast.device)[None, :]  # (1, T)
+        if window.shape[1] < 2:
+            break
+        decoder.setup_caches(1, context)
+        decoder.pad.zero_()
+        hidden = decoder.hidden(window, torch.arange(window.shape[1], device=fast.device))  # (1, T, C)
+        logits = decoder.head(decoder.ln_f(hidden)).float()[0, :-1]  # (T - 1, V): each position's next token
+        nll += F.cross_entropy(logits, window[0, 1:], reduction="sum").item()
+        count += window.shape[1] - 1
+    fast._decode = fast._greedy = None  # the caches were replaced: FastGPT2 sizes them again when it decodes
+    decoder.batch = decoder.length = None
+    return math.exp(nll / count)

@@ -166,3 +166,28 @@ def test_step_weight_bytes_counts_torchao_weights_as_stored():
     quantize_(layer, Int8WeightOnlyConfig())
     stored = bench.step_weight_bytes(layer)
     assert 64 * 32 + 32 * 4 <= stored < 64 * 32 * 2  # int8 codes and one fp32 scale per row, far from fp32
+
+
+def test_cache_perplexity_through_a_float_cache_is_the_models_own(tiny_model):
+    """Through a float KV cache, the windows' perplexity is what the model's own forward pass gives on the
+    same windows; an int8 cache changes it a little, not a lot."""
+    import torch.nn.functional as F
+
+    from helpers import fastgen
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, tiny_model.config.vocab_size, (300,))
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, 299, 128):
+            window = tokens[start : start + 128][None, :]
+            logits = tiny_model(window).logits[0, :-1]
+            nll += F.cross_entropy(logits, window[0, 1:], reduction="sum").item()
+            count += window.shape[1] - 1
+    fast = fastgen.FastGPT2(tiny_model)
+    assert evaluate.cache_perplexity(fast, tokens) == pytest.approx(math.exp(nll / count), rel=1e-4)
+    int8 = evaluate.cache_perplexity(fastgen.FastGPT2(tiny_model, kv_cache="int8"), tokens)
+    assert int8 == pytest.approx(math.exp(nll / count), rel=0.02)
+    assert fast.generate(tokens[:5][None, :], 3).shape == (1, 8)  # decoding still works after it
+    with pytest.raises(ValueError, match="1-D"):
+        evaluate.cache_perplexity(fast, tokens[None, :])

@@ -56,3 +56,30 @@ def test_a_compiled_cpu_step_with_written_out_attention_matches_generate_on_a_pa
     assert not any(b.sdpa for b in compiled.model.blocks)
     a = eager.generate(enc["input_ids"], 8, attention_mask=enc["attention_mask"])
     assert torch.equal(a, compiled.generate(enc["input_ids"], 8, attention_mask=enc["attention_mask"]))
+
+
+def test_int8_kv_cache_keeps_a_scale_per_head_and_position():
+    cache = fm.Int8KVCache(batch=2, n_head=3, length=8, head_dim=4, dtype=torch.float32, device="cpu")
+    torch.manual_seed(0)
+    k, v = torch.randn(2, 3, 2, 4), torch.randn(2, 3, 2, 4) * 100
+    full_k, full_v = cache.update(torch.tensor([5, 6]), k, v)
+    assert cache.k_codes.dtype == torch.int8 and cache.k_scale.shape == (2, 3, 8, 1)
+    for got, want in ((full_k, k), (full_v, v)):
+        step = want.abs().amax(-1, keepdim=True) / 127  # each position's own scale, however large v is
+        assert ((got[:, :, 5:7] - want).abs() <= step / 2 + 1e-6).all()
+    assert (full_k[:, :, :5] == 0).all()  # positions never written stay zero
+    assert cache.bytes_per_position() == 2 * 3 * (4 + 4)  # int8 codes plus one fp32 scale, keys and values
+
+
+def test_an_int8_kv_cache_decodes_the_tiny_model_and_refuses_unknown_kinds(tiny_model, tokenizer):
+    import pytest
+
+    from helpers import fastgen
+
+    ids = tokenizer("def main():", return_tensors="pt")["input_ids"]
+    fast = fastgen.FastGPT2(tiny_model, kv_cache="int8")
+    out = fast.generate(ids, 8)
+    assert out.shape == (1, ids.shape[1] + 8)
+    assert isinstance(fast.model.blocks[0].cache, fm.Int8KVCache)
+    with pytest.raises(ValueError, match="kv_cache takes"):
+        fastgen.FastGPT2(tiny_model, kv_cache="fp8")

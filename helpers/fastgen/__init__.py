@@ -27,7 +27,7 @@ masked, as ``generate()`` does with an ``attention_mask``.
 """
 
 from .generator import STREAM_BLOCK, FastGPT2, ModelStep
-from .model import Block, Decoder, KVCache, Linear, matvec
+from .model import Block, Decoder, Int8KVCache, KVCache, Linear, matvec
 from .policy import TUNED, TUNED_CUDA_GRAPHS
 from .triton_step import KERNEL_CONFIGS, TritonStep
 
@@ -39,6 +39,7 @@ __all__ = [
     "Block",
     "Decoder",
     "FastGPT2",
+    "Int8KVCache",
     "KVCache",
     "Linear",
     "ModelStep",

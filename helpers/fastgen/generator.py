@@ -45,6 +45,7 @@ class FastGPT2(nn.Module):
     into the product when compiled), on a CPU ``quant.dynamic_int8_linear`` (``torch.ao``'s FBGEMM kernels,
     the fastest CPU path notebook 03 measured); ``int8="q8_0"`` (CPU) swaps in ``q8.Q8Linear`` instead:
     llama.cpp's q8_0 format computed by the workbook's own C++ kernel (notebook 03c), built once for this CPU.
+    ``kv_cache="int8"``: keys and values stored in int8 with a scale per head and position (``Int8KVCache``).
     ``compile``: ``"auto"`` compiles the decode step on a GPU with
     CUDA graphs (``policy.TUNED_CUDA_GRAPHS``) and leaves it eager on a CPU (``python -m helpers.ladder``
     measures both); ``True``/``False`` force it; a string is passed to ``torch.compile`` as its mode, a dict as
@@ -66,6 +67,7 @@ class FastGPT2(nn.Module):
         *,
         dtype: torch.dtype | None = None,
         int8: bool | str = False,
+        kv_cache: str = "float",
         compile="auto",
         matvec="auto",
         graph_steps: int = 0,
@@ -89,8 +91,11 @@ class FastGPT2(nn.Module):
             raise ValueError("int8='q8_0' is a CPU kernel: on a GPU use int8=True (weight-only int8).")
         if int8 and not on_gpu and self.dtype != torch.float32:
             raise ValueError("On a CPU, FastGPT2's int8 paths take float32 activations: leave dtype unset.")
+        if kv_cache not in ("float", "int8"):
+            raise ValueError(f"kv_cache takes 'float' or 'int8' (int8 keys and values, notebook 08), got {kv_cache!r}.")
         self.int8 = int8
         self.model = Decoder(model, self.dtype)
+        self.model.kv_int8 = kv_cache == "int8"
         if int8 and on_gpu:
             quant.swap_linears(self.model, quant.Int8Linear.from_float, Linear)
         elif int8:  # the output layer loses its rows: the token embedding keeps a float copy of them
@@ -116,8 +121,9 @@ class FastGPT2(nn.Module):
         if kernels == "auto":  # only on GPUs where the step was checked (helpers.capability.triton_step)
             checked = on_gpu and bool(capability.triton_step(capability.capability(self.device)))
             kernels = runnable and checked and self.graph_steps > 1 and not int8 and triton_step.fits(cfg)
-        elif kernels and not (runnable and not int8):
-            raise ValueError("kernels=True needs Triton, a CUDA GPU and float weights (not int8).")
+            kernels = kernels and kv_cache == "float"  # the Triton step reads a float cache
+        elif kernels and not (runnable and not int8 and kv_cache == "float"):
+            raise ValueError("kernels=True needs Triton, a CUDA GPU, float weights (not int8) and a float KV cache.")
         elif kernels and not triton_step.fits(cfg):
             head_dim = cfg.n_embd // cfg.n_head
             raise ValueError(f"kernels=True needs a head size that is a power of 2; this model's is {head_dim}.")

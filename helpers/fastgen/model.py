@@ -8,6 +8,7 @@ drives it token by token. Read it first.
 - ``matvec``: a one-row matrix product written as multiply-and-sum (fused into one pass by the compiler).
 - ``Linear``: a linear layer with weights stored (out, in), as ``F.linear`` takes them.
 - ``KVCache``: one layer's keys and values in preallocated buffers; ``update`` writes a step's in place.
+  ``Int8KVCache``: the same in int8 with a scale per head and position (notebook 08's cache quantization).
 - ``Block``: one transformer block reading and writing its ``KVCache``.
 - ``Decoder``: embeddings, blocks, final LayerNorm and output layer, with the cache and padding set up by
   ``setup_caches``; ``forward(ids, pos)`` gives the logits of the last position.
@@ -88,6 +89,43 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return scores.softmax(-1) @ v  # (B, H, T, D)
 
 
+class Int8KVCache(nn.Module):
+    """``KVCache`` with keys and values stored as int8: one scale per sequence, head and position (the largest
+    magnitude of that position's ``head_dim`` values / 127), so a new token's keys never change older scales.
+
+    ``update`` quantizes and writes the new positions, then returns the whole cache dequantized (B, H, L, D) in
+    ``dtype``: the cache holds about a quarter of fp32's bytes, but this eager form builds a float copy of it at
+    every step; reading the int8 codes inside the attention kernel is what saves time (notebook 08 measures)."""
+
+    def __init__(self, batch: int, n_head: int, length: int, head_dim: int, dtype: torch.dtype, device):
+        super().__init__()
+        shape, scales = (batch, n_head, length, head_dim), (batch, n_head, length, 1)
+        for name in ("k", "v"):
+            self.register_buffer(f"{name}_codes", torch.zeros(shape, dtype=torch.int8, device=device), persistent=False)
+            self.register_buffer(f"{name}_scale", torch.zeros(scales, dtype=dtype, device=device), persistent=False)
+
+    @staticmethod
+    def quantize(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """int8 codes and scales of ``t`` (B, H, T, D): one scale per (B, H, T) row of D values."""
+        scale = t.abs().amax(-1, keepdim=True) / 127  # (B, H, T, 1)
+        codes = torch.where(scale > 0, t / scale.clamp(min=torch.finfo(t.dtype).tiny), 0).round()
+        return codes.clamp(-127, 127).to(torch.int8), scale  # (B, H, T, D) int8, (B, H, T, 1)
+
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantize and write ``k``, ``v`` (B, H, T, D) at positions ``pos`` (T,); return the whole cache as floats."""
+        for name, t in (("k", k), ("v", v)):
+            codes, scale = self.quantize(t)
+            getattr(self, f"{name}_codes").index_copy_(2, pos, codes)
+            getattr(self, f"{name}_scale").index_copy_(2, pos, scale)
+        dtype = self.k_scale.dtype
+        return self.k_codes.to(dtype) * self.k_scale, self.v_codes.to(dtype) * self.v_scale  # (B, H, L, D) each
+
+    def bytes_per_position(self) -> int:
+        """Bytes one position of one sequence takes in one layer: int8 codes and the scales, keys and values."""
+        b, h, _, d = self.k_codes.shape
+        return 2 * h * (d + self.k_scale.element_size())
+
+
 class Block(nn.Module):
     """One GPT-2 transformer block; ``cache`` (a ``KVCache``) is set by ``Decoder.setup_caches``, or by anything
     with the same ``update`` (``helpers.serve`` gives it a view of its paged cache). ``sdpa=False`` computes
@@ -132,6 +170,7 @@ class Decoder(nn.Module):
             self.ln_f = copy.deepcopy(src.ln_f).to(dtype)
             self.head = Linear(src.wte.weight, None, dtype)  # (V, C), tied to the token embedding
         self.wte: nn.Embedding | None = None  # a separate token embedding (see the class docstring)
+        self.kv_int8 = False  # setup_caches makes Int8KVCache instead of KVCache (FastGPT2's kv_cache="int8")
         self.requires_grad_(False)
         self.batch = self.length = None
 
@@ -146,8 +185,9 @@ class Decoder(nn.Module):
         if (batch, length) == (self.batch, self.length):
             return False
         cfg, p = self.config, self.wpe.weight
+        kind = Int8KVCache if self.kv_int8 else KVCache
         for block in self.blocks:
-            block.cache = KVCache(batch, cfg.n_head, length, cfg.n_embd // cfg.n_head, p.dtype, p.device)
+            block.cache = kind(batch, cfg.n_head, length, cfg.n_embd // cfg.n_head, p.dtype, p.device)
         # left padding of each row, and the positions 0..length-1 the masks compare against
         self.register_buffer("pad", torch.zeros(batch, dtype=torch.long, device=p.device), persistent=False)
         self.register_buffer("arange", torch.arange(length, device=p.device), persistent=False)
@@ -156,13 +196,18 @@ class Decoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Logits (B, vocab) of the last position for tokens ``ids`` (B, T) at cache positions ``pos`` (T,)."""
+        return self.head(self.ln_f(self.hidden(ids, pos)[:, -1])).float()  # (B, V)
+
+    def hidden(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The last block's output (B, T, C) for every position of ``ids`` (B, T) at cache positions ``pos``
+        (T,), writing their keys and values into the cache; ``forward`` turns its last position into logits."""
         positions = (pos[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T): left padding shifts each row
         x = self.embed(ids) + self.wpe(positions)  # (B, T, C)
         keys = self.arange[None, None, :]  # (1, 1, L)
         mask = (keys <= pos[None, :, None]) & (keys >= self.pad[:, None, None])  # (B, T, L): causal, not padding
         for block in self.blocks:
             x = block(x, pos, mask.unsqueeze(1))  # mask (B, 1, T, L): the same for every head
-        return self.head(self.ln_f(x[:, -1])).float()  # (B, V)
+        return x  # (B, T, C)
 
     def weight_bytes(self) -> int:
         """Bytes of weights one decode step reads (tied weights once; the KV cache not included).
