@@ -8,7 +8,8 @@ are built on, small enough to read in one sitting.
 - ``Engine``: a scheduler that, before every step, admits waiting requests (first come, first served) while
   a batch slot and enough free blocks are there, runs each new request's prompt (prefill), then one decode
   step for every running request at once, and retires the requests that are done, freeing their blocks.
-  Greedy decoding; each request gets exactly the tokens it gets alone (tested).
+  Greedy or sampled decoding (a temperature, top-k and seed per request, each request drawing from its own
+  generator); each request gets exactly the tokens it gets alone with ``FastGPT2`` (tested).
 
     engine = Engine(model, max_batch=8, n_blocks=256, block_size=16)
     finished = engine.run([Request(prompt_ids, max_new_tokens=64, arrival=0), ...])
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .fastgen.generator import pick_tokens
 from .fastgen.model import Decoder
 
 
@@ -32,6 +34,9 @@ class Request:
     prompt: torch.Tensor
     max_new_tokens: int
     arrival: int = 0  # the engine step at which it is submitted
+    temperature: float = 0.0  # 0: greedy; above 0: sampled (as FastGPT2.generate's temperature)
+    top_k: int | None = None  # sample among the top_k most likely tokens only
+    seed: int | None = None  # the seed of this request's own generator (None: a fresh random seed)
     tokens: list[int] = field(default_factory=list)  # the new tokens, filled in by the engine
     first_token_s: float | None = None  # seconds from the run's start to its first new token
     done_s: float | None = None  # seconds from the run's start to its last new token
@@ -119,6 +124,7 @@ class Engine:
             cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, n_blocks, block_size, self.dtype, device
         )
         self.waste: list[float] = []  # per step: the share of positions in used blocks that hold nothing
+        self.generators: dict[int, torch.Generator] = {}  # request -> its own generator (sampled requests)
 
     @torch.no_grad()
     def forward(self, seqs: list[int], tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -141,6 +147,8 @@ class Engine:
         n = r.prompt.numel() + r.max_new_tokens
         if r.prompt.dim() != 1 or r.prompt.numel() < 1 or r.max_new_tokens < 1:
             raise ValueError("a Request needs a 1-D prompt of at least one token and max_new_tokens >= 1.")
+        if not math.isfinite(r.temperature) or r.temperature < 0 or (r.top_k is not None and r.top_k < 1):
+            raise ValueError(f"temperature must be finite and >= 0, top_k >= 1; got {r.temperature}, {r.top_k}.")
         if n > self.config.n_positions:
             raise ValueError(f"prompt + new tokens ({n}) exceed the model's {self.config.n_positions} positions.")
         if self.cache.blocks_for(n) > len(self.cache.free) + sum(len(t) for t in self.cache.tables.values()):
@@ -176,6 +184,7 @@ class Engine:
                 for i in [i for i in running if len(requests[i].tokens) >= requests[i].max_new_tokens]:
                     running.remove(i)
                     reserved.pop(i)
+                    self.generators.pop(i, None)
                     self.cache.release(i)
             step += 1
         return requests
@@ -186,10 +195,17 @@ class Engine:
         pos = torch.arange(n, device=self.device)[None]  # (1, T)
         logits = self.forward([i], r.prompt.to(self.device)[None], pos)
         self.cache.lengths[i] = n
-        r.tokens = [int(logits.argmax(-1))]
+        if r.temperature > 0:  # seeded as FastGPT2 seeds its generator, so a request alone draws the same tokens
+            self.generators[i] = torch.Generator(device=self.device)
+            self.generators[i].manual_seed(torch.seed() if r.seed is None else r.seed)
+        r.tokens = [self._pick(i, r, logits)]
         r.first_token_s = time.perf_counter() - start
         if len(r.tokens) >= r.max_new_tokens:
             r.done_s = r.first_token_s
+
+    def _pick(self, i: int, r: Request, logits: torch.Tensor) -> int:
+        """Request ``i``'s next token from its logits (1, V): greedy, or drawn with its own generator."""
+        return int(pick_tokens(logits, r.temperature, r.top_k, self.generators.get(i))[0])
 
     def _decode(self, running: list[int], requests: list[Request], reserved: dict[int, int], start: float) -> None:
         active = [i for i in running if len(requests[i].tokens) < requests[i].max_new_tokens]
@@ -203,9 +219,9 @@ class Engine:
         pos = torch.tensor([[self.cache.lengths[i]] for i in active], device=self.device)  # (B, 1)
         logits = self.forward(active, tokens, pos)
         now = time.perf_counter() - start
-        for i, nxt in zip(active, logits.argmax(-1).tolist(), strict=True):
+        for row, i in enumerate(active):
             self.cache.lengths[i] += 1
-            requests[i].tokens.append(nxt)
+            requests[i].tokens.append(self._pick(i, requests[i], logits[row : row + 1]))
             if len(requests[i].tokens) >= requests[i].max_new_tokens:
                 requests[i].done_s = now
         self.waste.append(1 - self.cache.held() / max(self.cache.in_use(), 1))

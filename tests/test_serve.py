@@ -64,3 +64,21 @@ def test_on_the_pocket_model_with_real_prompts():
     reqs = [serve.Request(p, 8 + 4 * i, arrival=i) for i, p in enumerate(prompts)]
     for r in serve.Engine(model, max_batch=2, n_blocks=64, block_size=16).run(reqs):
         assert r.tokens == alone(model, r.prompt, r.max_new_tokens)
+
+
+def test_sampled_requests_draw_what_they_draw_alone_and_mix_with_greedy_ones(tiny_model):
+    """Each sampled request draws from its own seeded generator, so batching with others changes nothing: its
+    tokens are those of FastGPT2 alone with the same temperature, top-k and seed."""
+    reqs = requests(3)
+    for j, r in enumerate(reqs):
+        if j % 2 == 0:  # half sampled, half greedy, in one run
+            r.temperature, r.top_k, r.seed = 1.0, (None if j == 0 else 20), 100 + j
+    done = serve.Engine(tiny_model, max_batch=3, n_blocks=32, block_size=4).run(reqs)
+    fast = fastgen.FastGPT2(tiny_model, compile=False)
+    for r in done:
+        want = fast.generate(r.prompt[None], r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, seed=r.seed)
+        assert r.tokens == want[0, r.prompt.numel() :].tolist()
+    sampled = [r for r in done if r.temperature > 0]
+    assert any(r.tokens != alone(tiny_model, r.prompt, r.max_new_tokens) for r in sampled)  # really sampled
+    with pytest.raises(ValueError, match="temperature"):
+        serve.Engine(tiny_model).run([serve.Request(torch.arange(4), 2, temperature=-1.0)])

@@ -22,6 +22,18 @@ from .model import Decoder, Linear
 STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positions
 
 
+def pick_tokens(logits: torch.Tensor, temperature: float, top_k: int | None, gen) -> torch.Tensor:
+    """The next token of each row of ``logits`` (B, V): the largest at temperature 0, else a draw from the
+    softmax of ``logits / temperature`` restricted to the ``top_k`` largest, with generator ``gen``."""
+    if temperature == 0:
+        return logits.argmax(-1)  # (B,)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, -1), 1, generator=gen).squeeze(1)  # (B,)
+
+
 class ModelStep:
     """One greedy decode step of ``decode`` (the decoder's forward, eager or compiled): reads the token ``tok``
     (B, 1) at position ``pos`` (1,), writes the next token at ``pos + 1`` of ``out`` (B, L) and into ``tok``, and
@@ -319,13 +331,7 @@ class FastGPT2(nn.Module):
 
     @staticmethod
     def _pick(logits, temperature, top_k, gen) -> torch.Tensor:
-        if temperature == 0:
-            return logits.argmax(-1)
-        logits = logits / temperature
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        return torch.multinomial(F.softmax(logits, -1), 1, generator=gen).squeeze(1)
+        return pick_tokens(logits, temperature, top_k, gen)
 
     def generate_fn(self):
         """A ``generate_fn(input_ids, n)`` for ``helpers.bench.generation``: greedy, exactly n new tokens."""
