@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -129,17 +130,21 @@ def _flags() -> tuple[list[str], list[str]]:
     return FLAGS + (["-fopenmp"] if openmp else []), (["-fopenmp"] if openmp else [])
 
 
-def _load(variant: str | None, verbose: bool):
-    """Build (or load from the cache) one build of the kernel; ``variant`` None is this CPU's own."""
+def _load(variant: str | None, verbose: bool, root: Path | None = None, tag: str = ""):
+    """Build (or load from the cache) one build of the kernel; ``variant`` None is this CPU's own. ``root``
+    (default ``CACHE``) holds the build folder; ``tag`` makes the build's name new (a build that registers
+    nothing, for timing a first build)."""
     from torch.utils.cpp_extension import load_inline
 
     cflags, ldflags = _flags()
     if variant is not None:
-        cflags = cflags + VARIANTS[variant] + ["-DQ8_NO_REGISTER"]
+        cflags = cflags + VARIANTS[variant]
+    if variant is not None or tag:
+        cflags = cflags + ["-DQ8_NO_REGISTER"]
     src = SOURCE.read_text()
     key = "|".join([src, *cflags, torch.__version__, platform.machine(), platform.node()])
-    name = f"faster_gpt2_q8_{variant or 'native'}_" + hashlib.sha256(key.encode()).hexdigest()[:12]
-    folder = CACHE / name
+    name = f"faster_gpt2_q8_{variant or 'native'}{tag}_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    folder = (root or CACHE) / name
     folder.mkdir(parents=True, exist_ok=True)
     cached = (folder / f"{name}.so").exists()
     start = time.perf_counter()
@@ -181,6 +186,18 @@ def kernel(verbose: bool = False, variant: str | None = None):
         return _load(variant, verbose)[0]
     _ext, _build_s, _compiled = _load(None, verbose)
     return _ext
+
+
+def first_build_seconds() -> float:
+    """Seconds a first build of this CPU's kernel takes here: what a learner's first ``kernel()`` call costs.
+
+    Builds the same source and flags into a fresh temporary folder under a new name (so nothing cached is
+    reused, and the build registers nothing), then deletes it."""
+    ok, why = available()
+    if not ok:
+        raise RuntimeError(f"The q8_0 kernel cannot be built here: {why}")
+    with tempfile.TemporaryDirectory() as tmp:
+        return _load(None, False, root=Path(tmp), tag=f"_first{int(time.time() * 1e3)}")[1]
 
 
 def build_seconds() -> float | None:

@@ -157,3 +157,11 @@ def test_the_kernels_other_paths_compute_the_same(variant, isa):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
     with pytest.raises(ValueError, match="variant takes"):
         q8.kernel(variant="avx9")
+
+
+@needs_kernel
+def test_a_first_build_is_timed_in_a_fresh_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr(q8, "CACHE", tmp_path / "cache")
+    seconds = q8.first_build_seconds()
+    assert seconds > 0.5  # a C++ compile, not a load from a cache
+    assert not (tmp_path / "cache").exists()  # the timed build used its own temporary folder
