@@ -255,8 +255,10 @@ class Q8Linear(nn.Module):
         return cls(codes, scale, layer.bias, layer.weight.shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32:
-            raise TypeError(f"Q8Linear takes float32 inputs (it quantizes them itself), got {x.dtype}.")
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            raise TypeError(
+                f"Q8Linear takes float32 inputs on the CPU (it quantizes them itself), got {x.dtype} on {x.device}."
+            )
         x2 = x.reshape(-1, self.in_features)  # (M, in): the kernel was loaded when the layer was made
         y = torch.ops.faster_gpt2.q8_matmul(x2, self.codes, self.scales, self.out_features)  # (M, out)
         y = y.view(*x.shape[:-1], self.out_features)  # (..., out)
