@@ -9,7 +9,7 @@ Notebook 03c builds the format and its arithmetic from scratch; this module is t
   products, both scales applied per block): slow, exact, what the tests hold the kernel to.
 - ``kernel``: builds ``q8_kernel.cpp`` for this CPU once (``torch.utils.cpp_extension``: a C++ compiler and
   ninja, ``-march=native``; cached, so later loads take a moment) and registers ``torch.ops.faster_gpt2.q8_matmul``
-  (an operator a compiled step calls as one). ``available()`` says whether it can, and why not.
+  (an operator a compiled step calls as one) and ``q8_isa``. ``available()`` says whether it can, and why not.
 - ``Q8Linear``: a linear layer with q8_0 weights that calls the kernel, for swapping into a model;
   ``q8_0_model``: a copy of a GPT-2 with every linear layer swapped (for perplexity, notebook 03c).
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import os
 import platform
 import shutil
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,7 @@ VARIANTS = {"avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"]}
 
 _ext = None  # the loaded extension
 _build_s: float | None = None  # seconds the kernel() call that loaded it took
+_FIRST_BUILDS = itertools.count()  # numbers each timed first build in this process (its own operator namespace)
 _compiled = False  # whether that call compiled it (True) or loaded an earlier build from the cache (False)
 
 
@@ -131,46 +134,52 @@ def _flags() -> tuple[list[str], list[str]]:
 
 
 def _load(variant: str | None, verbose: bool, root: Path | None = None, tag: str = ""):
-    """Build (or load from the cache) one build of the kernel; ``variant`` None is this CPU's own. ``root``
-    (default ``CACHE``) holds the build folder; ``tag`` makes the build's name new (a build that registers
-    nothing, for timing a first build)."""
-    from torch.utils.cpp_extension import load_inline
+    """Build (or load from the cache) one build of the kernel; returns (its operators, seconds, compiled now).
+
+    ``variant`` None is this CPU's own build, whose ``q8_matmul`` is ``torch.ops.faster_gpt2.q8_matmul``;
+    another variant, or a ``tag`` (a build timed as a first one), gets an operator namespace of its own. ``root``
+    (default ``CACHE``) holds the build folder."""
+    from torch.utils.cpp_extension import load  # not load_inline, which adds torch/extension.h (slow to compile)
 
     cflags, ldflags = _flags()
-    if variant is not None:
-        cflags = cflags + VARIANTS[variant]
+    namespace = "faster_gpt2"
     if variant is not None or tag:
-        cflags = cflags + ["-DQ8_NO_REGISTER"]
+        namespace = f"faster_gpt2_{variant or 'native'}{tag}"
+        cflags = cflags + VARIANTS.get(variant, []) + [f"-DQ8_NS={namespace}", "-DQ8_DECLARE"]
     src = SOURCE.read_text()
     key = "|".join([src, *cflags, torch.__version__, platform.machine(), platform.node()])
-    name = f"faster_gpt2_q8_{variant or 'native'}{tag}_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    name = f"{namespace}_" + hashlib.sha256(key.encode()).hexdigest()[:12]
     folder = (root or CACHE) / name
     folder.mkdir(parents=True, exist_ok=True)
-    cached = (folder / f"{name}.so").exists()
+    library = folder / f"{name}.so"
+    before = library.stat().st_mtime_ns if library.exists() else None
     start = time.perf_counter()
     try:
-        ext = load_inline(
+        load(
             name,
-            cpp_sources=[src],
-            functions=["q8_isa", "q8_matmul"],
+            sources=[str(SOURCE)],
             extra_cflags=cflags,
             extra_ldflags=ldflags,
             build_directory=str(folder),
             verbose=verbose,
+            is_python_module=False,  # a library of operators, loaded into torch.ops
         )
     except Exception as e:  # a compiler error: say where to look
         raise RuntimeError(
             f"Building the q8_0 kernel failed ({type(e).__name__}); run kernel(verbose=True) to see "
             f"the compiler's output. Build folder: {folder}"
         ) from e
-    return ext, time.perf_counter() - start, not cached
+    ops = getattr(torch.ops, namespace)
+    seconds = time.perf_counter() - start
+    compiled = before is None or library.stat().st_mtime_ns != before  # ninja rebuilt it, or it was not there
+    return SimpleNamespace(q8_isa=ops.q8_isa, q8_matmul=ops.q8_matmul), seconds, compiled
 
 
 def kernel(verbose: bool = False, variant: str | None = None):
     """Build (first time, cached) and load the kernel; returns the extension (``q8_isa()`` names its path).
 
     Loading it registers ``torch.ops.faster_gpt2.q8_matmul``. ``variant`` ("avx2", "portable"; x86 only) builds
-    one of the other paths instead, for tests: call its ``q8_matmul`` directly (it registers nothing).
+    one of the other paths instead, for tests: its ``q8_matmul`` lives in an operator namespace of its own.
     Raises ``RuntimeError`` with what to do when it cannot be built here (see ``available``)."""
     global _ext, _build_s, _compiled
     if variant is None and _ext is not None:
@@ -191,13 +200,13 @@ def kernel(verbose: bool = False, variant: str | None = None):
 def first_build_seconds() -> float:
     """Seconds a first build of this CPU's kernel takes here: what a learner's first ``kernel()`` call costs.
 
-    Builds the same source and flags into a fresh temporary folder under a new name (so nothing cached is
-    reused, and the build registers nothing), then deletes it."""
+    Builds the same source and flags into a fresh temporary folder under a new name and operator namespace (so
+    nothing cached is reused), then deletes the folder."""
     ok, why = available()
     if not ok:
         raise RuntimeError(f"The q8_0 kernel cannot be built here: {why}")
     with tempfile.TemporaryDirectory() as tmp:
-        return _load(None, False, root=Path(tmp), tag=f"_first{int(time.time() * 1e3)}")[1]
+        return _load(None, False, root=Path(tmp), tag=f"_first{os.getpid()}_{next(_FIRST_BUILDS)}")[1]
 
 
 def build_seconds() -> float | None:

@@ -1,6 +1,7 @@
 // The workbook's q8_0 matrix product for CPUs: y = x @ W.T with W in blocks of 32 int8 values, one scale each.
 //
-// Built and loaded by helpers/q8.py (torch.utils.cpp_extension, with -O3 -march=native), which also holds the
+// Built and loaded by helpers/q8.py (torch.utils.cpp_extension, with -O3 -march=native; ATen and the operator
+// registry only, no Python bindings, so that it compiles in seconds), which also holds the
 // same arithmetic in PyTorch (q8.matmul_reference) to test it against. What it does, as llama.cpp does on a CPU:
 //   1. quantize each row of x to int8 in blocks of 32 (one float scale per block, absmax / 127);
 //   2. for each block, a dot product of 32 int8 weights with 32 int8 activations in integer arithmetic
@@ -11,8 +12,9 @@
 // sequential stream (what the hardware prefetcher follows best) while it computes 4 rows at once.
 // Layout: codes (N/4, B, 4, 32) int8 seen as a 2-D (N, B*32) tensor; scales (N/4, B, 4) fp16 seen as (N, B).
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -144,18 +146,18 @@ std::string q8_isa() {
 
 // x (M, K) float32; codes (Np, B*32) int8 and scales (Np, B) fp16 in the interleaved layout (Np = N rounded up
 // to 4); returns y (M, N) float32.
-torch::Tensor q8_matmul(torch::Tensor x, torch::Tensor codes, torch::Tensor scales, int64_t N) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "q8_matmul: x must be 2-D float32");
-  TORCH_CHECK(codes.scalar_type() == torch::kInt8 && scales.scalar_type() == torch::kHalf, "q8_matmul: codes int8, scales fp16");
+at::Tensor q8_matmul(at::Tensor x, at::Tensor codes, at::Tensor scales, int64_t N) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "q8_matmul: x must be 2-D float32");
+  TORCH_CHECK(codes.scalar_type() == at::kChar && scales.scalar_type() == at::kHalf, "q8_matmul: codes int8, scales fp16");
   TORCH_CHECK(codes.size(0) % 4 == 0 && codes.size(0) >= N && codes.size(1) % 32 == 0, "q8_matmul: bad code shape");
   TORCH_CHECK(scales.size(0) == codes.size(0) && scales.size(1) * 32 == codes.size(1), "q8_matmul: bad scale shape");
   TORCH_CHECK(x.size(1) <= codes.size(1), "q8_matmul: x is wider than the weights");
   x = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1), B = codes.size(1) / 32, Kp = B * 32;
-  auto xq = torch::zeros({M, Kp}, x.options().dtype(torch::kInt8));
-  auto xs = torch::empty({M, B}, x.options());
+  auto xq = at::zeros({M, Kp}, x.options().dtype(at::kChar));
+  auto xs = at::empty({M, B}, x.options());
   quantize_rows(x.data_ptr<float>(), M, K, B, xq.data_ptr<int8_t>(), xs.data_ptr<float>());
-  auto y = torch::empty({M, N}, x.options());
+  auto y = at::empty({M, N}, x.options());
   const int8_t* w = codes.data_ptr<int8_t>();
   const at::Half* s = scales.data_ptr<at::Half>();
   const int8_t* xqp = xq.data_ptr<int8_t>();
@@ -181,10 +183,20 @@ torch::Tensor q8_matmul(torch::Tensor x, torch::Tensor codes, torch::Tensor scal
   return y;
 }
 
-// The operator is declared in helpers/q8.py (with its shape function for torch.compile); this is its CPU code.
-// Builds of the other paths for the tests (q8.kernel(variant=...)) define Q8_NO_REGISTER and are called directly.
-#ifndef Q8_NO_REGISTER
-TORCH_LIBRARY_IMPL(faster_gpt2, CPU, m) {
+// The operators. In the namespace faster_gpt2, helpers/q8.py declares q8_matmul (with its shape function for
+// torch.compile) and this file gives its CPU code. Other builds (the tests' AVX2 and plain C++ paths, a timed
+// first build) use a namespace of their own, Q8_NS, and declare q8_matmul here too (Q8_DECLARE).
+#ifndef Q8_NS
+#define Q8_NS faster_gpt2
+#endif
+
+TORCH_LIBRARY_FRAGMENT(Q8_NS, m) {
+  m.def("q8_isa() -> str", &q8_isa);
+#ifdef Q8_DECLARE
+  m.def("q8_matmul(Tensor x, Tensor codes, Tensor scales, int n) -> Tensor");
+#endif
+}
+
+TORCH_LIBRARY_IMPL(Q8_NS, CPU, m) {
   m.impl("q8_matmul", &q8_matmul);
 }
-#endif
