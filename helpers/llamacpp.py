@@ -169,7 +169,10 @@ def main(argv=None) -> int:
         r["vs_fp32_eager"] = r["decode_tok_s"] / first
         print(f"{r['round']:>9} | {r['label']:<50} | {r['decode_tok_s']:8.1f} tokens/s | {r['vs_fp32_eager']:.2f}x")
         keep = {k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        results.record({**keep, "model": args.model, "threads": threads}, notebook="llamacpp", technique=r["label"])
+        where = {"device_name": device.name(torch.device("cpu")), "device_type": "cpu"}  # a CPU, also on a GPU host
+        results.record(
+            {**keep, "model": args.model, "threads": threads, **where}, notebook="llamacpp", technique=r["label"]
+        )
     return 0
 
 

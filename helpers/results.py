@@ -115,7 +115,8 @@ def record(rec: dict, notebook: str, **extra) -> dict:
 
     With ``WORKBOOK_RECORD=1`` the row, with ``run_context()``, also goes to the recorded file of this
     notebook and device (``results/recorded/<notebook>--<device>.jsonl``); the first row a process writes
-    there replaces what an earlier run of the same notebook on the same device left.
+    there replaces what an earlier run of the same notebook on the same device left. A row with its own
+    ``device_name`` and ``device_type`` is filed under that device.
     """
     from .notebook import is_quick
 
@@ -123,7 +124,8 @@ def record(rec: dict, notebook: str, **extra) -> dict:
     line = json.dumps(row, default=_json_safe)  # fails before anything is written if a value cannot be stored
     _append(path(), line)
     if recording():
-        ctx = run_context()
+        # a row that names its own device (a CPU measured on a GPU machine, say) is filed under that device
+        ctx = run_context() | {k: row[k] for k in ("device_name", "device_type") if k in row}
         file = RECORDED / f"{notebook}--{slug(ctx['device_name'])}.jsonl"
         _append(file, json.dumps({**ctx, **row}, default=_json_safe), "a" if file in _started else "w")
         _started.add(file)

@@ -11,7 +11,7 @@ are built on, small enough to read in one sitting.
   Greedy or sampled decoding (a temperature, top-k and seed per request, each request drawing from its own
   generator); each request gets exactly the tokens it gets alone with ``FastGPT2`` (tested).
 
-    engine = Engine(model, max_batch=8, n_blocks=256, block_size=16)
+    engine = Engine(model, max_batch=8, n_blocks=256, block_size=16)  # step="auto": a CUDA graph on a GPU
     finished = engine.run([Request(prompt_ids, max_new_tokens=64, arrival=0), ...])
 """
 
@@ -44,13 +44,18 @@ class Request:
 
 
 class PagedKVCache:
-    """Keys and values of many sequences in one pool of blocks, each sequence with its own block table."""
+    """Keys and values of many sequences in one pool of blocks, each sequence with its own block table.
+
+    One block more than ``n_blocks`` is allocated: the **scratch block** (``scratch``), never handed out. The
+    empty rows of a fixed-shape step (``Engine``'s ``step="fixed"`` or ``"graph"``) point there, so they write
+    and read harmlessly without a branch.
+    """
 
     def __init__(self, n_layer: int, n_head: int, head_dim: int, n_blocks: int, block_size: int, dtype, device):
-        shape = (n_layer, n_blocks, n_head, block_size, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (layers, blocks, H, block_size, D)
+        shape = (n_layer, n_blocks + 1, n_head, block_size, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (layers, blocks + scratch, H, block_size, D)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.block_size = block_size
+        self.block_size, self.scratch = block_size, n_blocks
         self.free = list(range(n_blocks - 1, -1, -1))  # a stack: the next block to hand out is free[-1]
         self.tables: dict[int, list[int]] = {}  # sequence id -> its blocks, in order
         self.lengths: dict[int, int] = {}  # sequence id -> positions held
@@ -70,22 +75,25 @@ class PagedKVCache:
         self.free.extend(reversed(self.tables.pop(seq, [])))
         self.lengths.pop(seq, None)
 
-    def write(self, layer: int, seqs: list[int], pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Keys and values ``k``, ``v`` (B, H, T, D) of sequences ``seqs`` at positions ``pos`` (B, T)."""
-        tables = [self.tables[s] for s in seqs]
-        blocks = torch.tensor(
-            [[t[p // self.block_size] for p in row] for t, row in zip(tables, pos.tolist(), strict=True)]
-        )
-        offsets = pos.cpu() % self.block_size  # (B, T)
-        b_idx, o_idx = blocks.flatten().to(k.device), offsets.flatten().to(k.device)
-        self.k[layer, b_idx, :, o_idx] = k.permute(0, 2, 1, 3).reshape(-1, k.shape[1], k.shape[3])  # (B*T, H, D)
-        self.v[layer, b_idx, :, o_idx] = v.permute(0, 2, 1, 3).reshape(-1, v.shape[1], v.shape[3])
+    def table_rows(self, seqs: list[int | None], width: int) -> torch.Tensor:
+        """The block tables of ``seqs`` as one (B, width) tensor on the CPU, filled up with the scratch block
+        (``None``: an empty row, all scratch)."""
+        rows = [self.tables[s] if s is not None else [] for s in seqs]
+        return torch.tensor([t + [self.scratch] * (width - len(t)) for t in rows])  # (B, width)
 
-    def gather(self, layer: int, seqs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each sequence's keys and values, its blocks in order, padded to the longest: (B, H, L, D) each."""
-        width = max(len(self.tables[s]) for s in seqs)
-        idx = torch.tensor([self.tables[s] + [0] * (width - len(self.tables[s])) for s in seqs], device=self.k.device)
-        k, v = self.k[layer, idx], self.v[layer, idx]  # (B, blocks, H, block_size, D)
+    def write(self, layer: int, table: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keys and values ``k``, ``v`` (B, H, T, D) at positions ``pos`` (B, T) of the sequences whose block
+        tables are the rows of ``table`` (B, W): position p goes to block ``table[b, p // block_size]``, at
+        offset ``p % block_size`` in it. All on the device: nothing waits for the CPU."""
+        blocks = table.gather(1, pos // self.block_size)  # (B, T): the block each new position goes to
+        offsets = pos % self.block_size  # (B, T): where in that block
+        self.k[layer, blocks, :, offsets] = k.transpose(1, 2)  # (B, T, H, D) into (B, T) places of (H, D)
+        self.v[layer, blocks, :, offsets] = v.transpose(1, 2)
+
+    def gather(self, layer: int, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of the blocks in ``table`` (B, W), in order, as one tensor each: (B, H, W *
+        block_size, D). Positions a sequence has not written are masked by the attention mask."""
+        k, v = self.k[layer, table], self.v[layer, table]  # (B, W, H, block_size, D)
         b, n, h, bs, d = k.shape
         return (z.permute(0, 2, 1, 3, 4).reshape(b, h, n * bs, d) for z in (k, v))
 
@@ -99,47 +107,81 @@ class PagedKVCache:
 
 
 class LayerView:
-    """One layer of a ``PagedKVCache`` for a batch of sequences, with a static ``KVCache``'s ``update``, so that
-    the decoder's ``Block`` reads and writes the paged cache unchanged."""
+    """One layer of a ``PagedKVCache`` for a batch of sequences (their block tables ``table``, (B, W)), with a
+    static ``KVCache``'s ``update``, so that the decoder's ``Block`` reads and writes the paged cache unchanged."""
 
-    def __init__(self, cache: PagedKVCache, layer: int, seqs: list[int]):
-        self.cache, self.layer, self.seqs = cache, layer, seqs
+    def __init__(self, cache: PagedKVCache, layer: int, table: torch.Tensor):
+        self.cache, self.layer, self.table = cache, layer, table
 
     def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``k``, ``v`` (B, H, T, D) at positions ``pos`` (B, T); return every sequence's cache (B, H, L, D)."""
-        self.cache.write(self.layer, self.seqs, pos, k, v)
-        return self.cache.gather(self.layer, self.seqs)
+        self.cache.write(self.layer, self.table, pos, k, v)
+        return self.cache.gather(self.layer, self.table)
+
+
+STEPS = ("dynamic", "fixed", "graph")
 
 
 class Engine:
-    """Continuous batching over a paged KV cache for a ``GPT2LMHeadModel`` (its weights copied, greedy)."""
+    """Continuous batching over a paged KV cache for a ``GPT2LMHeadModel`` (its weights copied).
 
-    def __init__(self, model, *, max_batch: int = 8, n_blocks: int = 256, block_size: int = 16, dtype=None):
+    ``step``: how a decode step runs. ``"dynamic"``: the running requests only, their tables as wide as the
+    longest (the fewest bytes; shapes change every step). ``"fixed"``: always ``max_batch`` rows (empty slots
+    point at the scratch block) and tables as wide as ``max_len`` positions (the longest request it takes,
+    prompt and answer; the model's positions by default), so every step has the same shapes.
+    ``"graph"`` (GPU): the fixed step captured once in a CUDA graph and replayed, the greedy choice included,
+    so a step costs one launch instead of one per operation. ``"auto"``: ``"graph"`` on a GPU, ``"dynamic"``
+    on a CPU.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        max_batch: int = 8,
+        n_blocks: int = 256,
+        block_size: int = 16,
+        max_len: int | None = None,
+        dtype=None,
+        step="auto",
+    ):
         cfg = model.config
         device = next(model.parameters()).device
+        if step == "auto":
+            step = "graph" if device.type == "cuda" else "dynamic"
+        if step not in STEPS:
+            raise ValueError(f"step takes 'auto' or one of {STEPS}, got {step!r}.")
+        if step == "graph" and device.type != "cuda":
+            raise ValueError("step='graph' captures a CUDA graph: it needs a model on a GPU (use 'fixed' here).")
+        self.max_len = max_len or cfg.n_positions
+        if not 1 <= self.max_len <= cfg.n_positions:
+            raise ValueError(f"max_len takes 1 to the model's {cfg.n_positions} positions, got {max_len}.")
         self.dtype = dtype or next(model.parameters()).dtype
         self.model = Decoder(model, self.dtype)
-        self.config, self.device, self.max_batch = cfg, device, max_batch
+        self.config, self.device, self.max_batch, self.step = cfg, device, max_batch, step
         self.cache = PagedKVCache(
             cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, n_blocks, block_size, self.dtype, device
         )
+        self.width = self.cache.blocks_for(self.max_len)  # table width of a fixed step: the longest request
+        self.slots: list[int | None] = [None] * max_batch  # fixed steps: which request each row serves
+        self.graph = None  # the captured step (step="graph"), made on the first decode step
         self.waste: list[float] = []  # per step: the share of positions in used blocks that hold nothing
         self.generators: dict[int, torch.Generator] = {}  # request -> its own generator (sampled requests)
 
     @torch.no_grad()
-    def forward(self, seqs: list[int], tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Logits (B, vocab) after tokens (B, T) at positions (B, T) of sequences ``seqs``, writing their cache.
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Logits (B, vocab) after tokens (B, T) at positions (B, T) of the sequences whose block tables are the
+        rows of ``table`` (B, W), writing their cache. Every input is on the device, so this can be captured.
 
         The decoder's own blocks run it (``fastgen.model.Block``); each reads and writes the paged cache through
         a ``LayerView``, which has the ``update`` of a static ``KVCache``.
         """
         m = self.model
         x = m.embed(tokens) + m.wpe(pos)  # (B, T, C)
-        width = max(len(self.cache.tables[s]) for s in seqs) * self.cache.block_size  # L: the gathered length
-        keys = torch.arange(width, device=self.device)
+        keys = torch.arange(table.shape[1] * self.cache.block_size, device=tokens.device)  # (L,)
         mask = (keys[None, None, :] <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, L): causal, this sequence only
         for i, blk in enumerate(m.blocks):
-            blk.cache = LayerView(self.cache, i, seqs)
+            blk.cache = LayerView(self.cache, i, table)
             x = blk(x, pos, mask)  # (B, T, C)
         return m.head(m.ln_f(x[:, -1])).float()  # (B, V)
 
@@ -149,8 +191,11 @@ class Engine:
             raise ValueError("a Request needs a 1-D prompt of at least one token and max_new_tokens >= 1.")
         if not math.isfinite(r.temperature) or r.temperature < 0 or (r.top_k is not None and r.top_k < 1):
             raise ValueError(f"temperature must be finite and >= 0, top_k >= 1; got {r.temperature}, {r.top_k}.")
-        if n > self.config.n_positions:
-            raise ValueError(f"prompt + new tokens ({n}) exceed the model's {self.config.n_positions} positions.")
+        if n > self.max_len:
+            raise ValueError(
+                f"prompt + new tokens ({n}) exceed the engine's {self.max_len} positions (max_len; the model has "
+                f"{self.config.n_positions}): shorten the request or give Engine a larger max_len."
+            )
         if self.cache.blocks_for(n) > len(self.cache.free) + sum(len(t) for t in self.cache.tables.values()):
             raise ValueError(
                 f"one request needs {self.cache.blocks_for(n)} blocks; the pool has fewer: "
@@ -165,6 +210,7 @@ class Engine:
         waiting = sorted(range(len(requests)), key=lambda i: (requests[i].arrival, i))
         running: list[int] = []
         reserved: dict[int, int] = {}  # blocks each running request may still take
+        self.slots = [None] * self.max_batch
         step, start = 0, time.perf_counter()
         while waiting or running:
             # admit, first come first served, while a slot and the blocks it may need are free
@@ -176,6 +222,7 @@ class Engine:
                 i = waiting.pop(0)
                 reserved[i] = need
                 r.admitted_step = step
+                self.slots[self.slots.index(None)] = i
                 self._prefill(i, r, start)
                 reserved[i] -= len(self.cache.tables[i])
                 running.append(i)
@@ -184,16 +231,19 @@ class Engine:
                 for i in [i for i in running if len(requests[i].tokens) >= requests[i].max_new_tokens]:
                     running.remove(i)
                     reserved.pop(i)
+                    self.slots[self.slots.index(i)] = None
                     self.generators.pop(i, None)
                     self.cache.release(i)
             step += 1
         return requests
 
     def _prefill(self, i: int, r: Request, start: float) -> None:
+        """Run request ``i``'s prompt (its own forward pass, eager) and choose its first token."""
         n = r.prompt.numel()
         self.cache.reserve(i, n)
         pos = torch.arange(n, device=self.device)[None]  # (1, T)
-        logits = self.forward([i], r.prompt.to(self.device)[None], pos)
+        table = self.cache.table_rows([i], len(self.cache.tables[i])).to(self.device)  # (1, W)
+        logits = self.forward(r.prompt.to(self.device)[None], pos, table)
         self.cache.lengths[i] = n
         if r.temperature > 0:  # seeded as FastGPT2 seeds its generator, so a request alone draws the same tokens
             self.generators[i] = torch.Generator(device=self.device)
@@ -208,6 +258,7 @@ class Engine:
         return int(pick_tokens(logits, r.temperature, r.top_k, self.generators.get(i))[0])
 
     def _decode(self, running: list[int], requests: list[Request], reserved: dict[int, int], start: float) -> None:
+        """One decode step for every running request that still wants tokens."""
         active = [i for i in running if len(requests[i].tokens) < requests[i].max_new_tokens]
         if not active:
             return
@@ -215,13 +266,50 @@ class Engine:
             before = len(self.cache.tables[i])
             self.cache.reserve(i, self.cache.lengths[i] + 1)
             reserved[i] -= len(self.cache.tables[i]) - before
-        tokens = torch.tensor([[requests[i].tokens[-1]] for i in active], device=self.device)  # (B, 1)
-        pos = torch.tensor([[self.cache.lengths[i]] for i in active], device=self.device)  # (B, 1)
-        logits = self.forward(active, tokens, pos)
+        if self.step == "dynamic":  # the active requests only, tables as wide as the longest
+            rows, width = active, max(len(self.cache.tables[i]) for i in active)
+        else:  # every slot, tables as wide as max_len: the same shapes at every step
+            rows, width = [i if i in active else None for i in self.slots], self.width
+        tokens = torch.tensor([[requests[i].tokens[-1] if i is not None else 0] for i in rows])  # (B, 1)
+        pos = torch.tensor([[self.cache.lengths[i] if i is not None else 0] for i in rows])  # (B, 1)
+        logits, greedy = self._step(tokens, pos, self.cache.table_rows(rows, width))
+        greedy = greedy.tolist()  # the one wait for the device in a greedy step
         now = time.perf_counter() - start
-        for row, i in enumerate(active):
+        for row, i in enumerate(rows):
+            if i is None:
+                continue
+            r = requests[i]
             self.cache.lengths[i] += 1
-            requests[i].tokens.append(self._pick(i, requests[i], logits[row : row + 1]))
-            if len(requests[i].tokens) >= requests[i].max_new_tokens:
-                requests[i].done_s = now
+            r.tokens.append(greedy[row] if r.temperature == 0 else self._pick(i, r, logits[row : row + 1]))
+            if len(r.tokens) >= r.max_new_tokens:
+                r.done_s = now
         self.waste.append(1 - self.cache.held() / max(self.cache.in_use(), 1))
+
+    def _step(self, tokens: torch.Tensor, pos: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, V) and greedy tokens (B,) of one decode step: eager, or a replay of the captured graph after
+        copying this step's tokens (B, 1), positions (B, 1) and block tables (B, W) into its input tensors."""
+        if self.step != "graph":
+            logits = self.forward(tokens.to(self.device), pos.to(self.device), table.to(self.device))
+            return logits, logits.argmax(-1)
+        if self.graph is None:
+            self._capture(tokens.shape[0], table.shape[1])
+        for static, new in zip(self.inputs, (tokens, pos, table), strict=True):
+            static.copy_(new)
+        self.graph.replay()
+        return self.logits, self.greedy
+
+    def _capture(self, batch: int, width: int) -> None:
+        """Record one fixed-shape decode step in a CUDA graph (notebook 05's graphs): every slot empty, so the
+        warm-up and the recording write only the scratch block."""
+        self.inputs = [torch.zeros(batch, 1, dtype=torch.long, device=self.device) for _ in range(2)]
+        self.inputs.append(torch.full((batch, width), self.cache.scratch, dtype=torch.long, device=self.device))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the main stream, as capturing wants
+            for _ in range(2):
+                self.forward(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self.forward(*self.inputs)  # (B, V)
+            self.greedy = self.logits.argmax(-1)  # (B,)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny GPT-2 for fast tests, the pocket tokenizer, and an isolated result log."""
+"""Shared fixtures: a tiny GPT-2 for fast tests, the pocket tokenizer, an isolated result log, and a count of
+greedy tokens that quantized decoders share with fp32."""
 
 import os
 
@@ -46,3 +47,26 @@ def recorded_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "ROOT", tmp_path)
     monkeypatch.setattr(results, "_started", set())
     return tmp_path / "recorded"
+
+
+def _same_greedy_tokens(tok, reference, *candidates, prompts: int = 4, new: int = 24):
+    """On the first ``prompts`` benchmark prompts (their first 32 tokens), how many of ``new`` greedy tokens each
+    candidate shares with ``reference``; each decoder is a function ``(ids, n) -> (1, prompt + n) ids``. Returns
+    the counts, one per candidate, and the number of tokens compared."""
+    from helpers import bench
+
+    same, total = [0] * len(candidates), 0
+    for text in bench.prompts()[:prompts]:
+        ids = tok(text, return_tensors="pt")["input_ids"][:, :32]
+        n = ids.shape[1]
+        ref = reference(ids, new)[:, n:]
+        for j, decode in enumerate(candidates):
+            same[j] += int((decode(ids, new)[:, n:] == ref).sum())
+        total += ref.numel()
+    return same, total
+
+
+@pytest.fixture
+def same_greedy_tokens():
+    """``_same_greedy_tokens``: how often quantized decoders choose fp32's greedy tokens (tests of int8 paths)."""
+    return _same_greedy_tokens

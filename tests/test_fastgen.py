@@ -90,7 +90,7 @@ def test_matvec_equals_a_matrix_product():
     torch.testing.assert_close(plain, x @ w.T + b)
 
 
-def test_int8_reads_a_quarter_of_the_bytes_and_agrees_as_well_as_generate_with_int8(pocket):
+def test_int8_reads_a_quarter_of_the_bytes_and_agrees_as_well_as_generate_with_int8(pocket, same_greedy_tokens):
     """The fast decoder's int8 path against Hugging Face generate() with the same dynamic int8 layers: on the
     same prompts, its greedy tokens agree with fp32's at least as often (rounding may change a later token)."""
     import copy
@@ -105,15 +105,12 @@ def test_int8_reads_a_quarter_of_the_bytes_and_agrees_as_well_as_generate_with_i
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
         hf_int8 = quantize_dynamic(models.conv1d_to_linear(copy.deepcopy(model)), {nn.Linear}, dtype=torch.qint8)
-    fast_same = hf_same = total = 0
-    for text in bench.prompts()[:4]:
-        ids = tok(text, return_tensors="pt")["input_ids"][:, :32]
-        n = ids.shape[1]
-        ref = fp32.generate(ids, 24)[:, n:]
-        fast_same += int((int8.generate(ids, 24)[:, n:] == ref).sum())
-        hf = hf_int8.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.eos_token_id)[:, n:]
-        hf_same += int((hf == ref).sum())
-        total += ref.numel()
+    (fast_same, hf_same), total = same_greedy_tokens(
+        tok,
+        fp32.generate,
+        int8.generate,
+        lambda ids, n: hf_int8.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id),
+    )
     assert fast_same >= hf_same, f"fast int8 agreed on {fast_same} of {total} tokens, generate() int8 on {hf_same}"
     assert fast_same > total / 2
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import bench, evaluate, fastgen, models, q8
+from helpers import data, evaluate, fastgen, models, q8
 
 needs_kernel = pytest.mark.skipif(
     not q8.available()[0], reason=f"the q8_0 kernel cannot build here: {q8.available()[1]}"
@@ -102,7 +102,7 @@ def pocket():
 @needs_kernel
 def test_q8_0_perplexity_is_within_one_percent_of_fp32(pocket):
     model, tok = pocket
-    tokens = evaluate.standard_tokens(tok)[:8192]  # the standard protocol's first 8,192 held-out tokens
+    tokens = data.eval_tokens(tok, budget=3_000)  # the held-out split's first 3,000 tokens, in any mode
     q = q8.q8_0_model(model)
     assert isinstance(q.lm_head, q8.Q8Linear) and isinstance(q.transformer.h[0].mlp.c_fc, q8.Q8Linear)
     fp32, ppl = evaluate.standard_perplexity(model, tokens), evaluate.standard_perplexity(q, tokens)
@@ -110,18 +110,11 @@ def test_q8_0_perplexity_is_within_one_percent_of_fp32(pocket):
 
 
 @needs_kernel
-def test_q8_0_decoding_agrees_with_fp32_at_least_as_well_as_dynamic_int8(pocket):
+def test_q8_0_decoding_agrees_with_fp32_at_least_as_well_as_dynamic_int8(pocket, same_greedy_tokens):
     model, tok = pocket
     fp32, dyn, q = fastgen.FastGPT2(model), fastgen.FastGPT2(model, int8=True), fastgen.FastGPT2(model, int8="q8_0")
     assert q.weight_bytes() < 0.3 * fp32.weight_bytes()
-    q_same = dyn_same = total = 0
-    for text in bench.prompts()[:4]:
-        ids = tok(text, return_tensors="pt")["input_ids"][:, :32]
-        n = ids.shape[1]
-        ref = fp32.generate(ids, 24)[:, n:]
-        q_same += int((q.generate(ids, 24)[:, n:] == ref).sum())
-        dyn_same += int((dyn.generate(ids, 24)[:, n:] == ref).sum())
-        total += ref.numel()
+    (q_same, dyn_same), total = same_greedy_tokens(tok, fp32.generate, q.generate, dyn.generate)
     assert q_same >= dyn_same, f"q8_0 agreed on {q_same} of {total} tokens, dynamic int8 on {dyn_same}"
 
 

@@ -60,6 +60,15 @@ def test_recording_keeps_rows_with_their_context_and_a_rerun_replaces_them(recor
     assert "| c | 3.0 |" in text and "recorded in" in text and where in text
 
 
+def test_a_row_naming_its_device_is_filed_under_it(recorded_dir, monkeypatch):
+    """helpers.llamacpp times the CPU of a GPU machine: its rows go to the CPU's file, not the GPU's."""
+    monkeypatch.setenv("WORKBOOK_RECORD", "1")
+    results.record({"label": "x", "device_name": "Some CPU (2 threads)", "device_type": "cpu"}, notebook="nb")
+    assert (recorded_dir / "nb--some-cpu-2-threads.jsonl").exists()
+    ((row,),) = results.recorded("nb").values()
+    assert row["device_type"] == "cpu" and row["device_name"] == "Some CPU (2 threads)"
+
+
 def test_missing_recorded_run_says_how_to_make_one(recorded_dir):
     assert "has been recorded yet" in results.recorded_markdown("nothing", ["x"], device_type="cuda")
 

@@ -1,5 +1,7 @@
 """helpers.serve: every request gets exactly the tokens it gets alone; the paged cache holds what it must."""
 
+import copy
+
 import pytest
 import torch
 
@@ -43,6 +45,32 @@ def test_the_paged_cache_wastes_less_than_a_block_per_sequence(tiny_model):
     assert seen and all(unused < cache.block_size * n for unused, n in seen)  # one partial block each at most
 
 
+@pytest.mark.parametrize("step", ["fixed", "dynamic"])
+def test_fixed_shape_steps_give_the_same_tokens(tiny_model, step):
+    """step="fixed" runs every slot and the whole block table each step (what a CUDA graph captures): the empty
+    rows touch only the scratch block, so every request still gets the tokens it gets alone."""
+    engine = serve.Engine(tiny_model, max_batch=4, n_blocks=32, block_size=4, max_len=40, step=step)
+    for r in engine.run(requests(4)):
+        assert r.tokens == alone(tiny_model, r.prompt, r.max_new_tokens)
+    assert engine.cache.k[:, : engine.cache.scratch].abs().sum() > 0  # the pool was written
+
+
+def test_a_cuda_graph_step_gives_the_same_tokens_and_needs_a_gpu(tiny_model):
+    """step="graph" replays one captured fixed-shape step; on a CPU it is refused with what to use instead."""
+    with pytest.raises(ValueError, match="step takes"):
+        serve.Engine(tiny_model, step="fast")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="GPU"):
+            serve.Engine(tiny_model, step="graph")
+        return
+    model = copy.deepcopy(tiny_model).cuda()
+    engine = serve.Engine(model, max_batch=4, n_blocks=32, block_size=4, step="graph")
+    done = engine.run([serve.Request(r.prompt.cuda(), r.max_new_tokens, r.arrival) for r in requests(5)])
+    assert engine.graph is not None
+    for r in done:
+        assert r.tokens == alone(model, r.prompt, r.max_new_tokens)
+
+
 def test_a_full_pool_makes_requests_wait_and_bad_requests_are_refused(tiny_model):
     small = serve.Engine(tiny_model, max_batch=4, n_blocks=6, block_size=4)  # room for about one request at a time
     done = small.run(requests(2)[:3])
@@ -52,6 +80,10 @@ def test_a_full_pool_makes_requests_wait_and_bad_requests_are_refused(tiny_model
         small.run([serve.Request(torch.arange(20), 10)])
     with pytest.raises(ValueError, match="positions"):
         small.run([serve.Request(torch.arange(10), tiny_model.config.n_positions)])
+    with pytest.raises(ValueError, match="max_len"):
+        serve.Engine(tiny_model, max_len=8, step="fixed").run([serve.Request(torch.arange(6), 3)])
+    with pytest.raises(ValueError, match="max_len takes"):
+        serve.Engine(tiny_model, max_len=tiny_model.config.n_positions + 1)
     with pytest.raises(ValueError, match="1-D prompt"):
         small.run([serve.Request(torch.arange(4)[None], 2)])
 
