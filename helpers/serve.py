@@ -166,6 +166,7 @@ class Engine:
         self.slots: list[int | None] = [None] * max_batch  # fixed steps: which request each row serves
         self.graph = None  # the captured step (step="graph"), made on the first decode step
         self.waste: list[float] = []  # per step: the share of positions in used blocks that hold nothing
+        self.reserved_waste: list[float] = []  # the same, counting the blocks set aside for unwritten answers
         self.generators: dict[int, torch.Generator] = {}  # request -> its own generator (sampled requests)
 
     @torch.no_grad()
@@ -284,6 +285,8 @@ class Engine:
             if len(r.tokens) >= r.max_new_tokens:
                 r.done_s = now
         self.waste.append(1 - self.cache.held() / max(self.cache.in_use(), 1))
+        set_aside = self.cache.block_size * sum(reserved.values())  # positions promised to answers not yet written
+        self.reserved_waste.append(1 - self.cache.held() / max(self.cache.in_use() + set_aside, 1))
 
     def _step(self, tokens: torch.Tensor, pos: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, V) and greedy tokens (B,) of one decode step: eager, or a replay of the captured graph after

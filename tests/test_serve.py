@@ -43,6 +43,8 @@ def test_the_paged_cache_wastes_less_than_a_block_per_sequence(tiny_model):
     engine._decode = watch
     engine.run(requests(1))
     assert seen and all(unused < cache.block_size * n for unused, n in seen)  # one partial block each at most
+    assert all(0 <= w <= r < 1 for w, r in zip(engine.waste, engine.reserved_waste, strict=True))
+    assert max(engine.reserved_waste) > max(engine.waste)  # answers not yet written hold blocks set aside
 
 
 @pytest.mark.parametrize("step", ["fixed", "dynamic"])
