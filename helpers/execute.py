@@ -78,6 +78,7 @@ def run(path: Path, *, quick: bool, record: bool, timeout: int) -> float:
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
     }
     os.environ.update(env)  # the kernel inherits this process's environment
+    os.environ.pop("MPLBACKEND", None)  # a non-interactive backend (Agg) would drop the plots: keep the kernel's own
     nb = nbformat.read(path, as_version=4)
     nb.metadata.pop("widgets", None)
     client = NotebookClient(

@@ -34,6 +34,7 @@ class Request:
     prompt: torch.Tensor
     max_new_tokens: int
     arrival: int = 0  # the engine step at which it is submitted
+    arrival_s: float = 0.0  # and the second after the run's start (a stream arriving over time); both must pass
     temperature: float = 0.0  # 0: greedy; above 0: sampled (as FastGPT2.generate's temperature)
     top_k: int | None = None  # sample among the top_k most likely tokens only
     seed: int | None = None  # the seed of this request's own generator (None: a fresh random seed)
@@ -205,17 +206,20 @@ class Engine:
 
     @torch.no_grad()
     def run(self, requests: list[Request]) -> list[Request]:
-        """Serve ``requests`` (each arriving at its ``arrival`` step); return them with their tokens and times."""
+        """Serve ``requests`` (each arriving at its ``arrival`` step and ``arrival_s`` second); return them with their
+        tokens and times. With nothing to run, the engine waits for the next arrival."""
         for r in requests:
             self._check(r)
-        waiting = sorted(range(len(requests)), key=lambda i: (requests[i].arrival, i))
+        waiting = sorted(range(len(requests)), key=lambda i: (requests[i].arrival, requests[i].arrival_s, i))
         running: list[int] = []
         reserved: dict[int, int] = {}  # blocks each running request may still take
         self.slots = [None] * self.max_batch
         step, start = 0, time.perf_counter()
         while waiting or running:
             # admit, first come first served, while a slot and the blocks it may need are free
-            while waiting and requests[waiting[0]].arrival <= step and len(running) < self.max_batch:
+            if not running and waiting:  # idle: sleep until the next request arrives
+                time.sleep(max(0.0, requests[waiting[0]].arrival_s - (time.perf_counter() - start)))
+            while waiting and self._arrived(requests[waiting[0]], step, start) and len(running) < self.max_batch:
                 r = requests[waiting[0]]
                 need = self.cache.blocks_for(r.prompt.numel() + r.max_new_tokens)
                 if need > len(self.cache.free) - sum(reserved.values()):
@@ -237,6 +241,10 @@ class Engine:
                     self.cache.release(i)
             step += 1
         return requests
+
+    @staticmethod
+    def _arrived(r: Request, step: int, start: float) -> bool:
+        return r.arrival <= step and r.arrival_s <= time.perf_counter() - start
 
     def _prefill(self, i: int, r: Request, start: float) -> None:
         """Run request ``i``'s prompt (its own forward pass, eager) and choose its first token."""

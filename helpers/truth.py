@@ -148,8 +148,23 @@ def stale(nb: dict) -> list[int]:
     return bad
 
 
+def missing_plots(nb: dict) -> list[int]:
+    """Indices of code cells that always draw a figure (a ``plt.show()`` at the top level of the cell) but hold
+    no image: executed with a non-interactive matplotlib backend (``MPLBACKEND=Agg``), say, which drops them."""
+    bad = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        lines = "".join(cell["source"]).splitlines()
+        draws = any(line.startswith("plt.show()") for line in lines)
+        if draws and not any("image/png" in out.get("data", {}) for out in cell.get("outputs", [])):
+            bad.append(i)
+    return bad
+
+
 def check(path: Path | str) -> list[str]:
-    """Every problem of both checks in one notebook file, as sentences that say what to do."""
+    """Every problem of the checks in one notebook file (numbers, freshness, plots), as sentences that say what
+    to do."""
     nb = json.loads(Path(path).read_text())
     name = Path(path).name
     problems = [
@@ -161,6 +176,12 @@ def check(path: Path | str) -> list[str]:
         problems.append(
             f"{name}: code cells {cells} changed since their outputs were made: "
             f"re-execute with `python -m helpers.execute notebooks/{name}`"
+        )
+    plots = missing_plots(nb)
+    if plots:
+        problems.append(
+            f"{name}: code cells {plots} draw a figure but hold none: re-execute with "
+            f"`python -m helpers.execute notebooks/{name}` (it leaves MPLBACKEND unset, so that the plots are kept)"
         )
     return problems
 

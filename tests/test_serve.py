@@ -73,6 +73,16 @@ def test_a_cuda_graph_step_gives_the_same_tokens_and_needs_a_gpu(tiny_model):
         assert r.tokens == alone(model, r.prompt, r.max_new_tokens)
 
 
+def test_requests_arriving_over_time_wait_for_their_second_and_keep_their_tokens(tiny_model):
+    """arrival_s: a request is admitted no sooner than its arrival; an idle engine sleeps until then."""
+    reqs = requests(6)[:3]
+    for j, r in enumerate(reqs):
+        r.arrival, r.arrival_s = 0, 0.15 * j
+    for r in serve.Engine(tiny_model, max_batch=2, n_blocks=32, block_size=4).run(reqs):
+        assert r.first_token_s >= r.arrival_s
+        assert r.tokens == alone(tiny_model, r.prompt, r.max_new_tokens)
+
+
 def test_a_full_pool_makes_requests_wait_and_bad_requests_are_refused(tiny_model):
     small = serve.Engine(tiny_model, max_batch=4, n_blocks=6, block_size=4)  # room for about one request at a time
     done = small.run(requests(2)[:3])

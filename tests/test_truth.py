@@ -81,3 +81,12 @@ def test_committed_notebook_has_its_frame(path):
 
 def test_marks_keep_thousands_commas():
     assert truth.unbacked(_nb("A vocabulary of 50,257 tokens and 1,024 positions. <!-- def: 50,257, 1,024 -->")) == []
+
+
+def test_a_plot_cell_without_its_figure_is_found():
+    nb = _nb("A plot.", code="plt.plot([1, 2])\nplt.show()", output="text only")
+    assert truth.missing_plots(nb) == [1]
+    nb["cells"][1]["outputs"].append({"output_type": "display_data", "data": {"image/png": "iVBOR"}, "metadata": {}})
+    assert truth.missing_plots(nb) == []
+    nb = _nb("A plot only on a GPU.", code="if gpu:\n    plt.show()")
+    assert truth.missing_plots(nb) == []  # a figure drawn only in a branch may be absent
