@@ -193,6 +193,8 @@ class Engine:
             raise ValueError("a Request needs a 1-D prompt of at least one token and max_new_tokens >= 1.")
         if not math.isfinite(r.temperature) or r.temperature < 0 or (r.top_k is not None and r.top_k < 1):
             raise ValueError(f"temperature must be finite and >= 0, top_k >= 1; got {r.temperature}, {r.top_k}.")
+        if r.arrival < 0 or not math.isfinite(r.arrival_s) or r.arrival_s < 0:  # one never reached would hang the run
+            raise ValueError(f"arrival must be >= 0 and arrival_s finite and >= 0; got {r.arrival}, {r.arrival_s}.")
         if n > self.max_len:
             raise ValueError(
                 f"prompt + new tokens ({n}) exceed the engine's {self.max_len} positions (max_len; the model has "

@@ -81,6 +81,8 @@ def test_requests_arriving_over_time_wait_for_their_second_and_keep_their_tokens
     for r in serve.Engine(tiny_model, max_batch=2, n_blocks=32, block_size=4).run(reqs):
         assert r.first_token_s >= r.arrival_s
         assert r.tokens == alone(tiny_model, r.prompt, r.max_new_tokens)
+    with pytest.raises(ValueError, match="arrival_s finite"):  # a time never reached would hang the run
+        serve.Engine(tiny_model).run([serve.Request(torch.arange(4), 2, arrival_s=float("nan"))])
 
 
 def test_a_full_pool_makes_requests_wait_and_bad_requests_are_refused(tiny_model):
