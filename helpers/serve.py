@@ -294,9 +294,10 @@ class Engine:
             r.tokens.append(greedy[row] if r.temperature == 0 else self._pick(i, r, logits[row : row + 1]))
             if len(r.tokens) >= r.max_new_tokens:
                 r.done_s = now
-        self.waste.append(1 - self.cache.held() / max(self.cache.in_use(), 1))
+        held, in_use = self.cache.held(), self.cache.in_use()
         set_aside = self.cache.block_size * sum(reserved.values())  # positions promised to answers not yet written
-        self.reserved_waste.append(1 - self.cache.held() / max(self.cache.in_use() + set_aside, 1))
+        self.waste.append(1 - held / max(in_use, 1))
+        self.reserved_waste.append(1 - held / max(in_use + set_aside, 1))
 
     def _step(self, tokens: torch.Tensor, pos: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, V) and greedy tokens (B,) of one decode step: eager, or a replay of the captured graph after
