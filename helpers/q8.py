@@ -38,8 +38,9 @@ SOURCE = Path(__file__).with_name("q8_kernel.cpp")
 CACHE = Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "faster-gpt2")) / "q8_kernel"
 FLAGS = ["-O3", "-march=native"]  # this CPU's instruction sets: the build is for this machine only
 # Builds of the kernel's other paths on an x86 CPU that has more, so that the tests check each path's arithmetic
-# here (their speed belongs to CPUs that have only those instructions): AVX2 without AVX-512, and plain C++.
-VARIANTS = {"avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"]}
+# here (their speed belongs to CPUs that have only those instructions): AVX2 without AVX-512, and plain C++;
+# and this CPU's path without software prefetch (the weights asked for only by the hardware), to time the hint.
+VARIANTS = {"avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"], "no_prefetch": ["-DQ8_PF=0"]}
 
 _ext = None  # the loaded extension
 _build_s: float | None = None  # seconds the kernel() call that loaded it took
