@@ -13,6 +13,9 @@
    (``helpers.ladder``), then ``llama-bench`` decoding (``-p 0 -n N -d P``: N tokens after a P-token context,
    as the ladder's prompt), then the ladder again, so that drift shows. ``--record`` keeps the rows, with the
    CPU's instruction sets, in ``results/recorded/llamacpp--<machine>.jsonl``.
+4. **Pairs** (``--pairs``): the workbook's fastest CPU path (the q8_0 kernel, compiled) and llama.cpp q8_0 in
+   turn, several times. A shared machine's speed drifts over minutes (other tenants, clocks); the two runs of a
+   pair are seconds apart, so the ratio within each pair (``paired_ratio``) is the fair comparison.
 """
 
 from __future__ import annotations
@@ -134,14 +137,80 @@ def bench(bench_path: Path, gguf: Path, threads: int, new_tokens: int, depth: in
     return parse_bench(_run(cmd, "llama-bench").stdout)
 
 
+Q8_LABEL = "FastGPT2, q8_0 weights (workbook kernel), compiled"  # the ladder's row of the same path
+
+
+def paired(model_name: str, bench_path: Path, gguf: Path, threads: int, pairs: int, **timing) -> list[dict]:
+    """``pairs`` rounds of the workbook's q8_0 path then llama.cpp q8_0 (``timing``: prompt_len, new_tokens,
+    repeats); rows with ``round`` "pair 1", "pair 2", ... (none where the kernel cannot be built)."""
+    from . import bench as workbook_bench
+    from . import fastgen, models, q8
+
+    ok, why = q8.available()
+    if not ok:
+        print(f"no pairs: {why}")
+        return []
+    model, tok = models.load(model_name, device="cpu", verbose=False)
+    fast = fastgen.FastGPT2(model, int8="q8_0", compile=True)
+    rows = []
+    for k in range(1, pairs + 1):
+        rec = workbook_bench.generation(
+            model,
+            tok,
+            prompt_len=timing["prompt_len"],
+            new_tokens=timing["new_tokens"],
+            warmup=2,
+            repeats=timing["repeats"],
+            generate_fn=fast.generate_fn(),
+            label=Q8_LABEL,
+            model_name=model_name,
+            model_bytes=fast.weight_bytes(),
+        )
+        rows.append({**rec, "round": f"pair {k}"})
+        for r in bench(bench_path, gguf, threads, timing["new_tokens"], timing["prompt_len"], timing["repeats"]):
+            rows.append({**r, "label": "llama.cpp q8_0, llama-bench", "round": f"pair {k}"})
+    return rows
+
+
+def paired_ratio(rows: list[dict]) -> dict | None:
+    """The workbook's q8_0 path's decode speed over llama.cpp q8_0's within each pair of ``rows``: median, lowest
+    and highest ratio and the number of pairs; None when the rows hold no pair (runs recorded before pairs)."""
+    ratios = []
+    for rnd in dict.fromkeys(r["round"] for r in rows if str(r.get("round", "")).startswith("pair ")):
+        ours = [r for r in rows if r["round"] == rnd and r["label"] == Q8_LABEL]
+        theirs = [r for r in rows if r["round"] == rnd and r["label"].startswith("llama.cpp q8_0")]
+        if ours and theirs:
+            ratios.append(ours[0]["decode_tok_s"] / theirs[0]["decode_tok_s"])
+    if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "pairs": len(ratios)}
+
+
+def paired_sentence(ratio: dict) -> str:
+    """One sentence on ``paired_ratio``'s result: the ratios' median and range, and what they say."""
+    if ratio["min"] > 1:
+        what = "faster in every pair"
+    elif ratio["max"] < 1:
+        what = "slower in every pair"
+    else:
+        what = "faster in some pairs and slower in others: within the machine's drift"
+    return (
+        f"in {ratio['pairs']} pairs, the workbook's q8_0 kernel decoded {ratio['median']:.2f}x as fast as llama.cpp "
+        f"q8_0 (median; {ratio['min']:.2f}x-{ratio['max']:.2f}x): {what}"
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2-124m-random", help="a model name of helpers.models")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=3, help="rounds of the q8_0 kernel then llama.cpp q8_0")
     parser.add_argument("--record", action="store_true", help="keep the rows in results/recorded/ (committed)")
     args = parser.parse_args(argv)
+    if args.pairs < 0:
+        parser.error(f"--pairs takes 0 (none) or more rounds, got {args.pairs}")
     from .notebook import quiet
 
     quiet()  # importing transformers imports torchao, which logs about GPU kernels a CPU lacks
@@ -164,6 +233,8 @@ def main(argv=None) -> int:
             for r in bench(bench_path, path, threads, args.new_tokens, args.prompt_len, args.repeats):
                 rows.append({**r, "label": f"llama.cpp {kind}, llama-bench", "round": "llama.cpp"})
         rows += [{**r, "round": "after"} for r in ladder.run(args.model, **timing)]
+        del timing["device"]
+        rows += paired(args.model, bench_path, ggufs["q8_0"], threads, args.pairs, **timing)
     first = next(r for r in rows if r["label"] == "generate(), fp32 eager")["decode_tok_s"]
     for r in rows:
         r["vs_fp32_eager"] = r["decode_tok_s"] / first
@@ -173,6 +244,9 @@ def main(argv=None) -> int:
         results.record(
             {**keep, "model": args.model, "threads": threads, **where}, notebook="llamacpp", technique=r["label"]
         )
+    ratio = paired_ratio(rows)
+    if ratio:
+        print(paired_sentence(ratio))
     return 0
 
 

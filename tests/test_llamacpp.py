@@ -38,3 +38,27 @@ def test_building_without_cmake_says_what_to_do(monkeypatch):
     monkeypatch.setattr(llamacpp.shutil, "which", lambda tool: None)
     with pytest.raises(RuntimeError, match="LLAMA_CPP_BIN"):
         llamacpp.build()
+
+
+def _pair(k, ours, theirs):
+    return [
+        {"round": f"pair {k}", "label": llamacpp.Q8_LABEL, "decode_tok_s": ours},
+        {"round": f"pair {k}", "label": "llama.cpp q8_0, llama-bench", "decode_tok_s": theirs},
+    ]
+
+
+def test_pairs_are_compared_within_each_pair():
+    rows = [{"round": "before", "label": llamacpp.Q8_LABEL, "decode_tok_s": 500.0}]  # not a pair: left out
+    rows += _pair(1, 110.0, 100.0) + _pair(2, 150.0, 200.0) + _pair(3, 90.0, 100.0)
+    ratio = llamacpp.paired_ratio(rows)
+    assert ratio == {"median": 0.9, "min": 0.75, "max": 1.1, "pairs": 3}
+    assert "within the machine's drift" in llamacpp.paired_sentence(ratio)
+    assert "faster in every pair" in llamacpp.paired_sentence(llamacpp.paired_ratio(_pair(1, 120.0, 100.0)))
+    assert "slower in every pair" in llamacpp.paired_sentence(llamacpp.paired_ratio(_pair(1, 80.0, 100.0)))
+    assert llamacpp.paired_ratio(rows[:1]) is None  # a run recorded before pairs existed
+
+
+def test_negative_pairs_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        llamacpp.main(["--pairs", "-1"])
+    assert "--pairs takes 0" in capsys.readouterr().err
