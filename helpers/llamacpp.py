@@ -14,8 +14,9 @@
    as the ladder's prompt), then the ladder again, so that drift shows. ``--record`` keeps the rows, with the
    CPU's instruction sets, in ``results/recorded/llamacpp--<machine>.jsonl``.
 4. **Pairs** (``--pairs``): the workbook's fastest CPU path (the q8_0 kernel, compiled) and llama.cpp q8_0 in
-   turn, several times. A shared machine's speed drifts over minutes (other tenants, clocks); the two runs of a
-   pair are seconds apart, so the ratio within each pair (``paired_ratio``) is the fair comparison.
+   turn, several times, alternating which goes first. A shared machine's speed drifts over minutes (other
+   tenants, clocks); the two runs of a pair are seconds apart, so the ratio within each pair
+   (``paired_ratio``) is the fair comparison, and alternating the order keeps a steady trend from favouring one.
 """
 
 from __future__ import annotations
@@ -141,8 +142,9 @@ Q8_LABEL = "FastGPT2, q8_0 weights (workbook kernel), compiled"  # the ladder's 
 
 
 def paired(model_name: str, bench_path: Path, gguf: Path, threads: int, pairs: int, **timing) -> list[dict]:
-    """``pairs`` rounds of the workbook's q8_0 path then llama.cpp q8_0 (``timing``: prompt_len, new_tokens,
-    repeats); rows with ``round`` "pair 1", "pair 2", ... (none where the kernel cannot be built)."""
+    """``pairs`` rounds of the workbook's q8_0 path and llama.cpp q8_0, the kernel first in odd rounds and
+    llama.cpp first in even ones (``timing``: prompt_len, new_tokens, repeats); rows with ``round`` "pair 1",
+    "pair 2", ... (none where the kernel cannot be built)."""
     from . import bench as workbook_bench
     from . import fastgen, models, q8
 
@@ -153,7 +155,8 @@ def paired(model_name: str, bench_path: Path, gguf: Path, threads: int, pairs: i
     model, tok = models.load(model_name, device="cpu", verbose=False)
     fast = fastgen.FastGPT2(model, int8="q8_0", compile=True)
     rows = []
-    for k in range(1, pairs + 1):
+
+    def ours() -> list[dict]:
         rec = workbook_bench.generation(
             model,
             tok,
@@ -166,9 +169,15 @@ def paired(model_name: str, bench_path: Path, gguf: Path, threads: int, pairs: i
             model_name=model_name,
             model_bytes=fast.weight_bytes(),
         )
-        rows.append({**rec, "round": f"pair {k}"})
-        for r in bench(bench_path, gguf, threads, timing["new_tokens"], timing["prompt_len"], timing["repeats"]):
-            rows.append({**r, "label": "llama.cpp q8_0, llama-bench", "round": f"pair {k}"})
+        return [rec]
+
+    def theirs() -> list[dict]:
+        found = bench(bench_path, gguf, threads, timing["new_tokens"], timing["prompt_len"], timing["repeats"])
+        return [{**r, "label": "llama.cpp q8_0, llama-bench"} for r in found]
+
+    for k in range(1, pairs + 1):
+        for run in (ours, theirs) if k % 2 else (theirs, ours):
+            rows += [{**r, "round": f"pair {k}", "first": (ours if k % 2 else theirs).__name__} for r in run()]
     return rows
 
 
@@ -193,7 +202,7 @@ def paired_sentence(ratio: dict) -> str:
     elif ratio["max"] < 1:
         what = "slower in every pair"
     else:
-        what = "faster in some pairs and slower in others: within the machine's drift"
+        what = "no consistent difference (faster in some pairs, slower in others)"
     return (
         f"in {ratio['pairs']} pairs, the workbook's q8_0 kernel decoded {ratio['median']:.2f}x as fast as llama.cpp "
         f"q8_0 (median; {ratio['min']:.2f}x-{ratio['max']:.2f}x): {what}"

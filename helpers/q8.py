@@ -179,8 +179,9 @@ def _load(variant: str | None, verbose: bool, root: Path | None = None, tag: str
 def kernel(verbose: bool = False, variant: str | None = None):
     """Build (first time, cached) and load the kernel; returns the extension (``q8_isa()`` names its path).
 
-    Loading it registers ``torch.ops.faster_gpt2.q8_matmul``. ``variant`` ("avx2", "portable"; x86 only) builds
-    one of the other paths instead, for tests: its ``q8_matmul`` lives in an operator namespace of its own.
+    Loading it registers ``torch.ops.faster_gpt2.q8_matmul``. ``variant`` (a key of ``VARIANTS``: "avx2",
+    "portable", "no_prefetch"; x86 only) builds another path instead, for tests and for notebook 03c's timing of
+    the prefetch hint: its ``q8_matmul`` lives in an operator namespace of its own.
     Raises ``RuntimeError`` with what to do when it cannot be built here (see ``available``)."""
     global _ext, _build_s, _compiled
     if variant is None and _ext is not None:

@@ -10,8 +10,8 @@
 //   4. split the output rows between threads (at::parallel_for, OpenMP), each thread streaming its rows.
 // The weights are stored interleaved: 4 output rows' blocks side by side, so that one thread reads one
 // sequential stream (what the hardware prefetcher follows best) while it computes 4 rows at once, and asks for
-// the weights a little ahead of use (software prefetch), so that more reads are in flight than one core's
-// hardware prefetcher keeps.
+// the weights a little ahead of use (software prefetch), which can put more reads in flight than the hardware
+// prefetcher alone does.
 // Layout: codes (N/4, B, 4, 32) int8 seen as a 2-D (N, B*32) tensor; scales (N/4, B, 4) fp16 seen as (N, B).
 
 #include <ATen/ATen.h>
@@ -63,8 +63,8 @@ void four_rows_portable(const int8_t* wg, const at::Half* sg, const int8_t* xr, 
 #define Q8_PF 1536
 #endif
 // Ask for the weights Q8_PF bytes ahead of those being used (0 leaves it all to the hardware prefetcher, which
-// stops at each 4 KiB page and keeps fewer reads in flight: on the GPU host's Xeon the products ran faster with
-// this hint than without; helpers/q8.py's "no_prefetch" variant builds the kernel without it).
+// stops at each 4 KiB page). Whether the hint pays differs between CPUs: helpers/q8.py's "no_prefetch" variant
+// builds the kernel without it, and notebook 03c times both on the learner's CPU.
 inline void prefetch_ahead(const int8_t* p, int bytes) {
   if (Q8_PF > 0)
     for (int i = 0; i < bytes; i += 64) _mm_prefetch((const char*)(p + Q8_PF + i), _MM_HINT_T0);

@@ -52,7 +52,7 @@ def test_pairs_are_compared_within_each_pair():
     rows += _pair(1, 110.0, 100.0) + _pair(2, 150.0, 200.0) + _pair(3, 90.0, 100.0)
     ratio = llamacpp.paired_ratio(rows)
     assert ratio == {"median": 0.9, "min": 0.75, "max": 1.1, "pairs": 3}
-    assert "within the machine's drift" in llamacpp.paired_sentence(ratio)
+    assert "no consistent difference" in llamacpp.paired_sentence(ratio)
     assert "faster in every pair" in llamacpp.paired_sentence(llamacpp.paired_ratio(_pair(1, 120.0, 100.0)))
     assert "slower in every pair" in llamacpp.paired_sentence(llamacpp.paired_ratio(_pair(1, 80.0, 100.0)))
     assert llamacpp.paired_ratio(rows[:1]) is None  # a run recorded before pairs existed
