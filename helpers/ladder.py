@@ -41,6 +41,9 @@ TARGETS = {
 }
 
 
+Q8_LABEL = "FastGPT2, q8_0 weights (workbook kernel), compiled"  # the CPU row of notebook 03c's kernel
+
+
 def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True):
     """(label, model passed to bench.generation, factory of a generate_fn or a FastGPT2, "fast" for FastGPT2 rows).
 
@@ -93,7 +96,7 @@ def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True
         ok, why = q8.available()
         if ok:
             make = lambda: fastgen.FastGPT2(base, int8="q8_0", compile=True)  # noqa: E731
-            rows.append(("FastGPT2, q8_0 weights (workbook kernel), compiled", base, make, "fast"))
+            rows.append((Q8_LABEL, base, make, "fast"))
         else:
             print(f"ladder: no q8_0 row: {why}")
     return rows

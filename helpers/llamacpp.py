@@ -138,21 +138,36 @@ def bench(bench_path: Path, gguf: Path, threads: int, new_tokens: int, depth: in
     return parse_bench(_run(cmd, "llama-bench").stdout)
 
 
-Q8_LABEL = "FastGPT2, q8_0 weights (workbook kernel), compiled"  # the ladder's row of the same path
+def bench_label(kind: str) -> str:
+    """The label of llama.cpp's rows for a GGUF of ``kind`` ("f16", "q8_0")."""
+    return f"llama.cpp {kind}, llama-bench"
 
 
-def paired(model_name: str, bench_path: Path, gguf: Path, threads: int, pairs: int, **timing) -> list[dict]:
-    """``pairs`` rounds of the workbook's q8_0 path and llama.cpp q8_0, the kernel first in odd rounds and
-    llama.cpp first in even ones (``timing``: prompt_len, new_tokens, repeats); rows with ``round`` "pair 1",
-    "pair 2", ... (none where the kernel cannot be built)."""
+def paired(
+    model,
+    tok,
+    model_name: str,
+    bench_path: Path,
+    gguf: Path,
+    threads: int,
+    pairs: int,
+    *,
+    prompt_len: int,
+    new_tokens: int,
+    repeats: int,
+) -> list[dict]:
+    """``pairs`` rounds of the workbook's q8_0 path on ``model`` (a CPU GPT-2 named ``model_name``, with its
+    tokenizer ``tok``) and llama.cpp q8_0 on ``gguf`` (the same model converted), the kernel first in odd rounds
+    and llama.cpp first in even ones; rows with ``round`` "pair 1", "pair 2", ... and ``first`` (which ran first),
+    none where the kernel cannot be built."""
     from . import bench as workbook_bench
-    from . import fastgen, models, q8
+    from . import fastgen, q8
+    from .ladder import Q8_LABEL
 
     ok, why = q8.available()
     if not ok:
         print(f"no pairs: {why}")
         return []
-    model, tok = models.load(model_name, device="cpu", verbose=False)
     fast = fastgen.FastGPT2(model, int8="q8_0", compile=True)
     rows = []
 
@@ -160,10 +175,10 @@ def paired(model_name: str, bench_path: Path, gguf: Path, threads: int, pairs: i
         rec = workbook_bench.generation(
             model,
             tok,
-            prompt_len=timing["prompt_len"],
-            new_tokens=timing["new_tokens"],
+            prompt_len=prompt_len,
+            new_tokens=new_tokens,
             warmup=2,
-            repeats=timing["repeats"],
+            repeats=repeats,
             generate_fn=fast.generate_fn(),
             label=Q8_LABEL,
             model_name=model_name,
@@ -172,22 +187,27 @@ def paired(model_name: str, bench_path: Path, gguf: Path, threads: int, pairs: i
         return [rec]
 
     def theirs() -> list[dict]:
-        found = bench(bench_path, gguf, threads, timing["new_tokens"], timing["prompt_len"], timing["repeats"])
-        return [{**r, "label": "llama.cpp q8_0, llama-bench"} for r in found]
+        return [
+            {**r, "label": bench_label("q8_0")}
+            for r in bench(bench_path, gguf, threads, new_tokens, prompt_len, repeats)
+        ]
 
     for k in range(1, pairs + 1):
-        for run in (ours, theirs) if k % 2 else (theirs, ours):
-            rows += [{**r, "round": f"pair {k}", "first": (ours if k % 2 else theirs).__name__} for r in run()]
+        order = (ours, theirs) if k % 2 else (theirs, ours)
+        for run in order:
+            rows += [{**r, "round": f"pair {k}", "first": order[0].__name__} for r in run()]
     return rows
 
 
 def paired_ratio(rows: list[dict]) -> dict | None:
     """The workbook's q8_0 path's decode speed over llama.cpp q8_0's within each pair of ``rows``: median, lowest
     and highest ratio and the number of pairs; None when the rows hold no pair (runs recorded before pairs)."""
+    from .ladder import Q8_LABEL
+
     ratios = []
     for rnd in dict.fromkeys(r["round"] for r in rows if str(r.get("round", "")).startswith("pair ")):
         ours = [r for r in rows if r["round"] == rnd and r["label"] == Q8_LABEL]
-        theirs = [r for r in rows if r["round"] == rnd and r["label"].startswith("llama.cpp q8_0")]
+        theirs = [r for r in rows if r["round"] == rnd and r["label"] == bench_label("q8_0")]
         if ours and theirs:
             ratios.append(ours[0]["decode_tok_s"] / theirs[0]["decode_tok_s"])
     if not ratios:
@@ -236,14 +256,14 @@ def main(argv=None) -> int:
     model, tok = models.load(args.model, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         ggufs = {t: convert(model, tok, Path(tmp), t) for t in ("f16", "q8_0")}
-        timing = dict(prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats, device="cpu")
+        lengths = dict(prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
+        timing = dict(lengths, device="cpu")
         rows = [{**r, "round": "before"} for r in ladder.run(args.model, **timing)]
         for kind, path in ggufs.items():
             for r in bench(bench_path, path, threads, args.new_tokens, args.prompt_len, args.repeats):
-                rows.append({**r, "label": f"llama.cpp {kind}, llama-bench", "round": "llama.cpp"})
+                rows.append({**r, "label": bench_label(kind), "round": "llama.cpp"})
         rows += [{**r, "round": "after"} for r in ladder.run(args.model, **timing)]
-        del timing["device"]
-        rows += paired(args.model, bench_path, ggufs["q8_0"], threads, args.pairs, **timing)
+        rows += paired(model, tok, args.model, bench_path, ggufs["q8_0"], threads, args.pairs, **lengths)
     first = next(r for r in rows if r["label"] == "generate(), fp32 eager")["decode_tok_s"]
     for r in rows:
         r["vs_fp32_eager"] = r["decode_tok_s"] / first

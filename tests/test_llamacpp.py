@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from helpers import llamacpp
+from helpers import ladder, llamacpp, q8
 
 BENCH_JSON = json.dumps(
     [
@@ -42,13 +42,13 @@ def test_building_without_cmake_says_what_to_do(monkeypatch):
 
 def _pair(k, ours, theirs):
     return [
-        {"round": f"pair {k}", "label": llamacpp.Q8_LABEL, "decode_tok_s": ours},
-        {"round": f"pair {k}", "label": "llama.cpp q8_0, llama-bench", "decode_tok_s": theirs},
+        {"round": f"pair {k}", "label": ladder.Q8_LABEL, "decode_tok_s": ours},
+        {"round": f"pair {k}", "label": llamacpp.bench_label("q8_0"), "decode_tok_s": theirs},
     ]
 
 
 def test_pairs_are_compared_within_each_pair():
-    rows = [{"round": "before", "label": llamacpp.Q8_LABEL, "decode_tok_s": 500.0}]  # not a pair: left out
+    rows = [{"round": "before", "label": ladder.Q8_LABEL, "decode_tok_s": 500.0}]  # not a pair: left out
     rows += _pair(1, 110.0, 100.0) + _pair(2, 150.0, 200.0) + _pair(3, 90.0, 100.0)
     ratio = llamacpp.paired_ratio(rows)
     assert ratio == {"median": 0.9, "min": 0.75, "max": 1.1, "pairs": 3}
@@ -62,3 +62,19 @@ def test_negative_pairs_are_refused(capsys):
     with pytest.raises(SystemExit):
         llamacpp.main(["--pairs", "-1"])
     assert "--pairs takes 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not q8.available()[0], reason="the q8_0 kernel cannot build here")
+def test_pairs_alternate_which_program_goes_first(tiny_model, tokenizer, tmp_path):
+    fake = tmp_path / "llama-bench"  # stands in for llama.cpp's benchmark: prints its JSON
+    fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{BENCH_JSON}\nEOF\n")
+    fake.chmod(0o755)
+    timing = dict(prompt_len=4, new_tokens=3, repeats=1)
+    rows = llamacpp.paired(tiny_model, tokenizer, "tiny", fake, tmp_path / "m.gguf", 1, 2, **timing)
+    assert [(r["round"], r["label"], r["first"]) for r in rows] == [
+        ("pair 1", ladder.Q8_LABEL, "ours"),
+        ("pair 1", llamacpp.bench_label("q8_0"), "ours"),
+        ("pair 2", llamacpp.bench_label("q8_0"), "theirs"),
+        ("pair 2", ladder.Q8_LABEL, "theirs"),
+    ]
+    assert llamacpp.paired_ratio(rows)["pairs"] == 2
