@@ -253,6 +253,8 @@ def generation(
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
         "ttft_ms": first["median"] * 1e3,
+        "ttft_ms_min": first["min"] * 1e3,
+        "ttft_ms_max": first["max"] * 1e3,
         "tpot_ms": tpot * 1e3,
         "decode_tok_s": decode_tok_s,
         "decode_tok_s_min": batch / tpot_hi,  # slowest of the timed runs

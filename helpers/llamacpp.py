@@ -13,7 +13,7 @@
    (``helpers.ladder``), then ``llama-bench`` decoding (``-p 0 -n N -d P``: N tokens after a P-token context,
    as the ladder's prompt), then the ladder again, so that drift shows. ``--record`` keeps the rows, with the
    CPU's instruction sets, in ``results/recorded/llamacpp--<machine>.jsonl``.
-4. **Pairs** (``--pairs``): the workbook's fastest CPU path (the q8_0 kernel, compiled) and llama.cpp q8_0 in
+4. **Pairs** (``--pairs``): the workbook's fastest CPU path (the q8_0 decode step in C++) and llama.cpp q8_0 in
    turn, several times, alternating which goes first. A shared machine's speed drifts over minutes (other
    tenants, clocks); the two runs of a pair are seconds apart, so the ratio within each pair
    (``paired_ratio``) is the fair comparison, and alternating the order keeps a steady trend from favouring one.
@@ -168,7 +168,7 @@ def paired(
     if not ok:
         print(f"no pairs: {why}")
         return []
-    fast = fastgen.FastGPT2(model, int8="q8_0", compile=True)
+    fast = fastgen.FastGPT2(model, int8="q8_0", kernels=True)  # the row Q8_LABEL names: the C++ step
     rows = []
 
     def ours() -> list[dict]:
@@ -224,8 +224,8 @@ def paired_sentence(ratio: dict) -> str:
     else:
         what = "no consistent difference (faster in some pairs, slower in others)"
     return (
-        f"in {ratio['pairs']} pairs, the workbook's q8_0 kernel decoded {ratio['median']:.2f}x as fast as llama.cpp "
-        f"q8_0 (median; {ratio['min']:.2f}x-{ratio['max']:.2f}x): {what}"
+        f"in {ratio['pairs']} pairs, the workbook's q8_0 decode step decoded {ratio['median']:.2f}x as fast as "
+        f"llama.cpp q8_0 (median; {ratio['min']:.2f}x-{ratio['max']:.2f}x): {what}"
     )
 
 
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--pairs", type=int, default=3, help="rounds of the q8_0 kernel then llama.cpp q8_0")
+    parser.add_argument("--pairs", type=int, default=3, help="rounds of the q8_0 decode step and llama.cpp q8_0")
     parser.add_argument("--record", action="store_true", help="keep the rows in results/recorded/ (committed)")
     args = parser.parse_args(argv)
     if args.pairs < 0:

@@ -34,7 +34,8 @@ from torch import nn
 
 BLOCK = 32  # values per block, as llama.cpp's q8_0
 ROWS = 4  # output rows the kernel computes together (the interleave)
-SOURCE = Path(__file__).with_name("q8_kernel.cpp")
+SOURCE = Path(__file__).with_name("q8_kernel.cpp")  # the matrix product
+STEP_SOURCE = Path(__file__).with_name("q8_step.cpp")  # GPT-2's whole decode step around it (helpers.fastgen.cpu_step)
 CACHE = Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "faster-gpt2")) / "q8_kernel"
 FLAGS = ["-O3", "-march=native"]  # this CPU's instruction sets: the build is for this machine only
 # Builds of the kernel's other paths on an x86 CPU that has more, so that the tests check each path's arithmetic
@@ -147,8 +148,8 @@ def _load(variant: str | None, verbose: bool, root: Path | None = None, tag: str
     if variant is not None or tag:
         namespace = f"faster_gpt2_{variant or 'native'}{tag}"
         cflags = cflags + VARIANTS.get(variant, []) + [f"-DQ8_NS={namespace}", "-DQ8_DECLARE"]
-    src = SOURCE.read_text()
-    key = "|".join([src, *cflags, torch.__version__, platform.machine(), platform.node()])
+    sources = [SOURCE, STEP_SOURCE]
+    key = "|".join([*(f.read_text() for f in sources), *cflags, torch.__version__, platform.machine(), platform.node()])
     name = f"{namespace}_" + hashlib.sha256(key.encode()).hexdigest()[:12]
     folder = (root or CACHE) / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -158,7 +159,7 @@ def _load(variant: str | None, verbose: bool, root: Path | None = None, tag: str
     try:
         load(
             name,
-            sources=[str(SOURCE)],
+            sources=[str(f) for f in sources],
             extra_cflags=cflags,
             extra_ldflags=ldflags,
             build_directory=str(folder),
@@ -173,7 +174,9 @@ def _load(variant: str | None, verbose: bool, root: Path | None = None, tag: str
     ops = getattr(torch.ops, namespace)
     seconds = time.perf_counter() - start
     compiled = before is None or library.stat().st_mtime_ns != before  # ninja rebuilt it, or it was not there
-    return SimpleNamespace(q8_isa=ops.q8_isa, q8_matmul=ops.q8_matmul), seconds, compiled
+    step = getattr(torch.classes, namespace).Q8Step  # q8_step.cpp's decode step (helpers.fastgen.cpu_step)
+    ext = SimpleNamespace(q8_isa=ops.q8_isa, q8_matmul=ops.q8_matmul, Q8Step=step)
+    return ext, seconds, compiled
 
 
 def kernel(verbose: bool = False, variant: str | None = None):

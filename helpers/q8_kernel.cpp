@@ -23,6 +23,12 @@
 #include <cstdint>
 #include <vector>
 
+// Each build's operators, and its C++ names, live in a namespace of their own (several builds can be loaded in
+// one process: the tests' and notebook 03c's variants). Default: faster_gpt2.
+#ifndef Q8_NS
+#define Q8_NS faster_gpt2
+#endif
+
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
 #define Q8_X86 1
@@ -161,30 +167,22 @@ std::string q8_isa() {
 #endif
 }
 
-// x (M, K) float32; codes (Np, B*32) int8 and scales (Np, B) fp16 in the interleaved layout (Np = N rounded up
-// to 4); returns y (M, N) float32.
-at::Tensor q8_matmul(at::Tensor x, at::Tensor codes, at::Tensor scales, int64_t N) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "q8_matmul: x must be 2-D float32");
-  TORCH_CHECK(codes.scalar_type() == at::kChar && scales.scalar_type() == at::kHalf, "q8_matmul: codes int8, scales fp16");
-  TORCH_CHECK(codes.size(0) % 4 == 0 && codes.size(0) >= N && codes.size(1) % 32 == 0, "q8_matmul: bad code shape");
-  TORCH_CHECK(scales.size(0) == codes.size(0) && scales.size(1) * 32 == codes.size(1), "q8_matmul: bad scale shape");
-  TORCH_CHECK(x.size(1) <= codes.size(1), "q8_matmul: x is wider than the weights");
-  x = x.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), B = codes.size(1) / 32, Kp = B * 32;
+namespace Q8_NS {
+// The product on raw pointers (the decode step of q8_step.cpp calls it too): x (M, K) float; w, s the
+// interleaved codes (Np, B*32) and scales (Np, B); y (M, N) float.
+void q8_matmul_raw(const float* x, int64_t M, int64_t K, const int8_t* w, const at::Half* s, int64_t Np, int64_t B,
+                   int64_t N, float* y) {
+  const int64_t Kp = B * 32;
   // the quantized rows live in buffers kept by the calling thread, reused by the next call: a decode step makes
-  // 49 calls, and this saves two tensor allocations (and zeroing) in each
+  // 49 calls, and this saves two allocations (and zeroing) in each
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> xs;
   xq.resize(M * Kp);
   xs.resize(M * B);
-  quantize_rows(x.data_ptr<float>(), M, K, B, xq.data(), xs.data());
-  auto y = at::empty({M, N}, x.options());
-  const int8_t* w = codes.data_ptr<int8_t>();
-  const at::Half* s = scales.data_ptr<at::Half>();
+  quantize_rows(x, M, K, B, xq.data(), xs.data());
   const int8_t* xqp = xq.data();
   const float* xsp = xs.data();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, codes.size(0) / 4, 16, [&](int64_t g0, int64_t g1) {  // step 4: threads over row groups
+  at::parallel_for(0, Np / 4, 16, [&](int64_t g0, int64_t g1) {  // step 4: threads over row groups
     for (int64_t g = g0; g < g1; ++g) {
       const int8_t* wg = w + g * 4 * Kp;
       const at::Half* sg = s + g * 4 * B;
@@ -197,20 +195,32 @@ at::Tensor q8_matmul(at::Tensor x, at::Tensor codes, at::Tensor scales, int64_t 
 #else
         four_rows_portable(wg, sg, xqp + m * Kp, xsp + m * B, B, out);
 #endif
-        for (int r = 0; r < 4 && g * 4 + r < N; ++r) yp[m * N + g * 4 + r] = out[r];
+        for (int r = 0; r < 4 && g * 4 + r < N; ++r) y[m * N + g * 4 + r] = out[r];
       }
     }
   });
+}
+
+}  // namespace Q8_NS
+
+// x (M, K) float32; codes (Np, B*32) int8 and scales (Np, B) fp16 in the interleaved layout (Np = N rounded up
+// to 4); returns y (M, N) float32.
+at::Tensor q8_matmul(at::Tensor x, at::Tensor codes, at::Tensor scales, int64_t N) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "q8_matmul: x must be 2-D float32");
+  TORCH_CHECK(codes.scalar_type() == at::kChar && scales.scalar_type() == at::kHalf, "q8_matmul: codes int8, scales fp16");
+  TORCH_CHECK(codes.size(0) % 4 == 0 && codes.size(0) >= N && codes.size(1) % 32 == 0, "q8_matmul: bad code shape");
+  TORCH_CHECK(scales.size(0) == codes.size(0) && scales.size(1) * 32 == codes.size(1), "q8_matmul: bad scale shape");
+  TORCH_CHECK(x.size(1) <= codes.size(1), "q8_matmul: x is wider than the weights");
+  x = x.contiguous();
+  auto y = at::empty({x.size(0), N}, x.options());
+  Q8_NS::q8_matmul_raw(x.data_ptr<float>(), x.size(0), x.size(1), codes.data_ptr<int8_t>(), scales.data_ptr<at::Half>(),
+                codes.size(0), codes.size(1) / 32, N, y.data_ptr<float>());
   return y;
 }
 
 // The operators. In the namespace faster_gpt2, helpers/q8.py declares q8_matmul (with its shape function for
 // torch.compile) and this file gives its CPU code. Other builds (the tests' AVX2 and plain C++ paths, a timed
 // first build) use a namespace of their own, Q8_NS, and declare q8_matmul here too (Q8_DECLARE).
-#ifndef Q8_NS
-#define Q8_NS faster_gpt2
-#endif
-
 TORCH_LIBRARY_FRAGMENT(Q8_NS, m) {
   m.def("q8_isa() -> str", &q8_isa);
 #ifdef Q8_DECLARE

@@ -12,6 +12,7 @@ def test_generation_record_is_consistent(tiny_model, tokenizer):
     )
     assert rec["device"] == "cpu" and rec["dtype"] == "float32" and rec["batch"] == 1
     assert rec["tpot_ms"] > 0 and rec["ttft_ms"] > 0
+    assert rec["ttft_ms_min"] <= rec["ttft_ms"] <= rec["ttft_ms_max"]  # the spread of the prompt's runs
     assert math.isclose(rec["decode_tok_s"], 1000 / rec["tpot_ms"])
     weights = sum(p.numel() * 4 for p in {id(p): p for p in tiny_model.parameters()}.values())
     weights += sum(b.numel() * b.element_size() for b in tiny_model.buffers())

@@ -150,6 +150,15 @@ def test_triton_kernels_are_for_gpus(pocket):
         fastgen.FastGPT2(model, int8=True, kernels=True)
 
 
+def test_prefill_graphs_are_for_gpus(pocket):
+    model, _ = pocket
+    assert not fastgen.FastGPT2(model).graph_prefill  # "auto": a CUDA graph of the prefill on a GPU only
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        fastgen.FastGPT2(model, graph_prefill=True)
+    with pytest.raises(ValueError, match="graph_prefill takes"):
+        fastgen.FastGPT2(model, graph_prefill="yes")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and the Triton step need a CUDA GPU")
 def test_on_a_gpu_graphed_and_triton_steps_keep_the_tokens_of_generate(pocket):
     """The GPU paths (run on the lent GPU; CI has none): several steps per CUDA graph, with the compiled step and
@@ -165,3 +174,34 @@ def test_on_a_gpu_graphed_and_triton_steps_keep_the_tokens_of_generate(pocket):
             fast = fastgen.FastGPT2(gpu, **kw)
             assert fast.kernels == kw["kernels"] and fast.graph_steps == 16
             assert torch.equal(fast.generate(ids, 24), ref), kw
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_on_a_gpu_a_graphed_prefill_keeps_the_tokens_for_every_prompt_shape(pocket):
+    """The prefill replayed from CUDA graphs (one per prompt shape, the oldest forgotten past PREFILL_GRAPHS)
+    gives the tokens of the eager prefill: greedy decoding, a padded batch, and stream() (whose cache, sized in
+    blocks of positions, stays while prompts of several lengths come, so their graphs accumulate)."""
+    import copy
+
+    from helpers.fastgen import generator
+
+    model, tok = pocket
+    gpu = copy.deepcopy(model).cuda()
+    graphed = fastgen.FastGPT2(gpu, graph_steps=16)
+    eager = fastgen.FastGPT2(gpu, graph_steps=16, graph_prefill=False)
+    assert graphed.graph_prefill and not eager.graph_prefill
+    assert not fastgen.FastGPT2(gpu).graph_prefill  # the compiler's CUDA graphs: the prefill stays eager
+    with pytest.raises(ValueError, match="does not mix"):
+        fastgen.FastGPT2(gpu, graph_prefill=True)
+    ids = tok(bench.prompts()[0], return_tensors="pt")["input_ids"].cuda()
+    for t in (3, 7):
+        assert torch.equal(graphed.generate(ids[:, :t], 12), eager.generate(ids[:, :t], 12)), t
+    lengths = list(range(3, 3 + generator.PREFILL_GRAPHS + 2))  # more prompt shapes than are kept
+    for t in [*lengths, lengths[0]]:  # and the first (forgotten) shape again
+        streamed = torch.stack([x.clone() for x in graphed.stream(ids[:, :t], 10)], 1)
+        assert torch.equal(streamed, eager.generate(ids[:, :t], 10)[:, t:]), t
+    assert len(graphed._prefills) == generator.PREFILL_GRAPHS
+    two = torch.cat([ids[:, :8], ids[:, 2:10]])
+    mask = torch.ones_like(two)
+    mask[1, :2] = 0  # the second prompt left-padded by two tokens
+    assert torch.equal(graphed.generate(two, 10, attention_mask=mask), eager.generate(two, 10, attention_mask=mask))

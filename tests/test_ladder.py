@@ -22,14 +22,21 @@ def test_gpu_targets_are_checked_against_the_right_rows():
         ]
     )
     lines = ladder.verdict(records)
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert lines[0].startswith("[met]") and "3,100" in lines[0]
     assert lines[1].startswith("[met]")  # 30% of the limit
     assert lines[2].startswith("[met]")  # 6.2x the best generate() (500)
     assert lines[3].startswith("[met]")  # 31x fp32 eager
+    assert lines[4].startswith("[met]") and "5.00 ms <=" in lines[4]  # time to first token, a tie with the others
     records[2]["decode_tok_s"] = 2900
     assert ladder.verdict(records)[0].startswith("[NOT met]")
     assert ladder.verdict(records)[2].startswith("[NOT met]")  # 5.8x
+    records[1].update(ttft_ms=4.0, ttft_ms_min=3.9, ttft_ms_max=4.2)  # another row starts sooner
+    line = ladder.verdict(records)[4]
+    assert line.startswith("[NOT met]") and "above" in line and "4.00 ms (3.90-4.20)" in line and "static" in line
+    records[2].update(ttft_ms_min=4.1, ttft_ms_max=5.5)  # the fast row's fastest run within the other's range
+    line = ladder.verdict(records)[4]
+    assert line.startswith("[met]") and "within the runs' spread" in line
 
 
 def test_cpu_target_uses_the_fastest_row():

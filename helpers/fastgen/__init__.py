@@ -13,8 +13,11 @@ Its files follow the order notebooks 05 and 05b teach it:
    a layer plus one. The only file that imports Triton; notebook 05b builds it kernel by kernel.
 4. int8 weights by swapping the decoder's linear layers (``helpers.quant``): on a GPU ``Int8Linear``
    (weight-only, the dequantization fused into the product by the compiler), on a CPU PyTorch's dynamic
-   int8 kernels (``torch.ao``'s FBGEMM path, the fastest CPU path notebook 03 measured).
-5. ``generator.py``: ``FastGPT2``, which puts them together: options, ``generate``, ``stream``, padding.
+   int8 kernels (``torch.ao``'s FBGEMM path, notebook 03) or llama.cpp's q8_0 format through the workbook's
+   own kernel (``helpers.q8``, notebook 03c).
+5. ``cpu_step.py``: the CPU's hand-written decode step (q8_0 weights, greedy, batch 1): the whole token in one
+   C++ call (``helpers/q8_step.cpp``), as llama.cpp runs one; notebook 03c measures what it saves.
+6. ``generator.py``: ``FastGPT2``, which puts them together: options, ``generate``, ``stream``, padding.
 
 Greedy decoding gives the same tokens as ``generate()`` (tested on the pocket model); sampling
 (temperature, top-k) is reproducible with a seed. Prompts of different lengths are left-padded and
@@ -26,6 +29,7 @@ masked, as ``generate()`` does with an ``attention_mask``.
         ...
 """
 
+from .cpu_step import CppStep
 from .generator import STREAM_BLOCK, FastGPT2, ModelStep
 from .model import Block, Decoder, Int8KVCache, KVCache, Linear, matvec
 from .policy import TUNED, TUNED_CUDA_GRAPHS
@@ -37,6 +41,7 @@ __all__ = [
     "TUNED_CUDA_GRAPHS",
     "KERNEL_CONFIGS",
     "Block",
+    "CppStep",
     "Decoder",
     "FastGPT2",
     "Int8KVCache",

@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import capability, q8, quant
-from . import policy, triton_step
+from . import cpu_step, policy, triton_step
 from .model import Decoder, Linear
 
 STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positions
+PREFILL_GRAPHS = 8  # on a GPU, CUDA graphs of the prefill kept for this many prompt shapes
 
 
 def pick_tokens(logits: torch.Tensor, temperature: float, top_k: int | None, gen) -> torch.Tensor:
@@ -64,9 +65,14 @@ class FastGPT2(nn.Module):
     its options. ``matvec``: one-row matrix products as multiply-and-sum (``model.matvec``); ``"auto"`` uses it
     when the step is compiled on a GPU. ``graph_steps`` (GPU, greedy): capture that many decode steps, token
     choice included, in one CUDA graph, so Python launches one graph per ``graph_steps`` tokens.
-    ``kernels``: greedy decoding at batch 1 runs the hand-written Triton step (``triton_step``), ``graph_steps``
-    steps per CUDA graph; ``"auto"`` uses it on a GPU where it was checked, with float weights and
-    ``graph_steps > 1``. Other batches and sampling use the model's step.
+    ``kernels``: greedy decoding at batch 1 runs a hand-written step: on a GPU the Triton step (``triton_step``),
+    ``graph_steps`` steps per CUDA graph, which ``"auto"`` uses where it was checked, with float weights and
+    ``graph_steps > 1``; with ``int8="q8_0"`` the C++ step (``cpu_step``: the whole token in one call), which
+    ``"auto"`` uses with a float KV cache. Other batches and sampling use the model's step (``compile``).
+    ``graph_prefill``: the prompt's pass recorded in a CUDA graph, one per prompt shape (``policy.CapturedPrefill``;
+    a new shape costs about three eager passes once); ``"auto"`` uses it on a GPU unless the compiler records the
+    step's CUDA graphs (the two do not mix). Eager, a short prompt's pass waits on Python launching a few hundred
+    small kernels: the time to first token is mostly that.
 
     Greedy decoding gives the same tokens as ``generate()`` (tested on the pocket model); sampling (temperature,
     top-k) is reproducible with a seed. Prompts of different lengths are left-padded and masked, as
@@ -84,6 +90,7 @@ class FastGPT2(nn.Module):
         matvec="auto",
         graph_steps: int = 0,
         kernels="auto",
+        graph_prefill="auto",
     ):
         super().__init__()
         cfg = model.config
@@ -130,7 +137,12 @@ class FastGPT2(nn.Module):
             if isinstance(layer, (Linear, quant.Int8Linear)):
                 layer.matvec = bool(matvec)
         runnable = triton_step.runnable(self.device)
-        if kernels == "auto":  # only on GPUs where the step was checked (helpers.capability.triton_step)
+        if int8 == "q8_0":  # the CPU's hand-written step: the whole token in one C++ call (cpu_step)
+            if kernels == "auto":
+                kernels = kv_cache == "float"
+            elif kernels and kv_cache != "float":
+                raise ValueError("kernels=True with int8='q8_0' needs a float KV cache (the C++ step reads fp32).")
+        elif kernels == "auto":  # only on GPUs where the step was checked (helpers.capability.triton_step)
             checked = on_gpu and bool(capability.triton_step(capability.capability(self.device)))
             kernels = runnable and checked and self.graph_steps > 1 and not int8 and triton_step.fits(cfg)
             kernels = kernels and kv_cache == "float"  # the Triton step reads a float cache
@@ -140,8 +152,20 @@ class FastGPT2(nn.Module):
             head_dim = cfg.n_embd // cfg.n_head
             raise ValueError(f"kernels=True needs a head size that is a power of 2; this model's is {head_dim}.")
         self.kernels = bool(kernels)
+        if graph_prefill not in ("auto", True, False):
+            raise ValueError(f"graph_prefill takes 'auto', True or False, got {graph_prefill!r}.")
+        if graph_prefill is True and not on_gpu:
+            raise ValueError("graph_prefill=True records CUDA graphs: it needs a CUDA GPU.")
+        if graph_prefill is True and self.uses_cuda_graphs:
+            raise ValueError(
+                "graph_prefill=True records a CUDA graph of its own, which does not mix with the compiler's CUDA "
+                "graphs (an illegal memory access on an H100, torch 2.11, after another model compiled with them had "
+                "run): use graph_steps (our own graphs for the steps too) or compile without CUDA graphs."
+            )
+        self.graph_prefill = (on_gpu and not self.uses_cuda_graphs) if graph_prefill == "auto" else graph_prefill
         self._decode = self._greedy = None  # the decode step (compiled or eager) and the greedy step over it
         self._graphs = {}  # CUDA graphs of greedy steps, by steps per graph
+        self._prefills = {}  # CUDA graphs of the prefill, by prompt shape (the most recent PREFILL_GRAPHS)
         self._tok = self._pos = self._out = None  # what a greedy step reads and writes: sized by _allocate
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -166,6 +190,20 @@ class FastGPT2(nn.Module):
         self._out = torch.zeros(batch, length, dtype=torch.long, device=self.device)  # (B, L)
         self._decode = self._greedy = None
         self._graphs = {}
+        self._prefills = {}
+
+    def _prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) of the last prompt position, writing the prompt's keys and values into the cache: eager, or
+        on a GPU replayed from a CUDA graph of this prompt shape (recorded the first time the shape comes)."""
+        positions = self.model.arange[: ids.shape[1]]  # (T,)
+        if not self.graph_prefill:
+            return self.model(ids, positions)
+        shape = tuple(ids.shape)
+        if shape not in self._prefills:
+            if len(self._prefills) >= PREFILL_GRAPHS:  # forget the oldest shape
+                del self._prefills[next(iter(self._prefills))]
+            self._prefills[shape] = policy.CapturedPrefill(self.model, shape, positions, self.device)
+        return self._prefills[shape](ids)
 
     def _step(self):
         """The decode step (the decoder's forward), compiled by the policy the first time it is needed."""
@@ -174,9 +212,12 @@ class FastGPT2(nn.Module):
         return self._decode
 
     def greedy_step(self):
-        """The greedy step for the current batch: the Triton step at batch 1 when ``kernels``, else the model's."""
+        """The greedy step for the current batch: at batch 1 when ``kernels``, the C++ step (q8_0 weights) or the
+        Triton step (GPU), else the model's."""
         if self._greedy is None:
-            if self.kernels and self.model.batch == 1:
+            if self.kernels and self.model.batch == 1 and self.int8 == "q8_0":
+                self._greedy = cpu_step.CppStep(self.model, self._tok, self._pos, self._out)
+            elif self.kernels and self.model.batch == 1:
                 self._greedy = triton_step.TritonStep(self.model, self._tok, self._pos, self._out)
             else:
                 self._greedy = ModelStep(self._step(), self._tok, self._pos, self._out)
@@ -284,9 +325,9 @@ class FastGPT2(nn.Module):
         return ids, ids.shape[1] + max_new_tokens, gen
 
     def _tokens(self, ids, total, temperature, top_k, gen):
-        """The new tokens in turn: the prompt in one eager pass, then one (compiled) step per token."""
+        """The new tokens in turn: the prompt in one pass (``_prefill``), then one (compiled) step per token."""
         t, arange = ids.shape[1], self.model.arange
-        logits = self.model(ids, arange[:t])
+        logits = self._prefill(ids)
         step = self._step()
         for i in range(t, total):
             nxt = self._pick(logits, temperature, top_k, gen)
@@ -312,7 +353,7 @@ class FastGPT2(nn.Module):
         sizes = [k] + [n for n in (8, 4, 2, 1) if n < k]
         if on_gpu:  # capture before the prefill: capturing runs steps that move the position
             graphs = {n: self._captured(n) for n in sizes}
-        logits = self.model(ids, self.model.arange[:t])  # prefill, eager
+        logits = self._prefill(ids)
         self._out[:, :t] = ids
         self._out[:, t] = logits.argmax(-1)
         self._tok.copy_(self._out[:, t : t + 1])

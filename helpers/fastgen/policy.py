@@ -7,6 +7,8 @@ The model (``model.py``) knows nothing of this: its ``forward`` is plain PyTorch
 - ``compiled``: ``torch.compile`` of a step with fixed shapes (``fullgraph=True, dynamic=False``);
 - ``CapturedSteps``: several greedy decode steps, token choice included, recorded in one CUDA graph by us
   (``graph_steps``), so that Python launches one graph per that many tokens.
+- ``CapturedPrefill``: the prompt's pass (the prefill) recorded in a CUDA graph for one prompt shape: eager, it
+  launches a few hundred small kernels, and at a short prompt the GPU waits for Python between them.
 """
 
 from __future__ import annotations
@@ -76,3 +78,31 @@ class CapturedSteps:
 
     def replay(self) -> None:
         self.graph.replay()
+
+
+class CapturedPrefill:
+    """``prefill(ids, positions)`` for prompts of one shape (B, T), recorded in a CUDA graph; calling it copies
+    ``ids`` into the graph's input and replays it: one launch instead of one per operation.
+
+    ``prefill`` must read and write preallocated tensors only besides ``ids`` (the KV cache, the padding):
+    its warm-up runs on a side stream, and what it writes into the cache the real call writes again.
+    ``positions`` (T,) must be a tensor that stays where it is (a slice of the decoder's ``arange``). The
+    logits returned are the graph's own output tensor, overwritten by the next call: use them before then.
+    """
+
+    def __init__(self, prefill: Callable, shape: tuple[int, int], positions: torch.Tensor, device):
+        self.ids = torch.zeros(shape, dtype=torch.long, device=device)  # (B, T): the graph's input
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                prefill(self.ids, positions)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = prefill(self.ids, positions)  # (B, V)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        self.ids.copy_(ids)
+        self.graph.replay()
+        return self.logits
