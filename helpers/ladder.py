@@ -36,7 +36,8 @@ GRAPH_STEPS = 16  # decode steps captured in one CUDA graph by the graph_steps r
 
 TARGETS = {
     "cuda": "fast decoder (bf16) >= 3000 tokens/s, >= 25% of the bandwidth limit, >= 6x the best generate() "
-    "row and >= 25x generate() fp32 eager; its time to first token <= the best other row's",
+    "row and >= 25x generate() fp32 eager; its time to first token <= the best other row's, or within the runs' "
+    "spread",
     "cpu": "fastest row >= 4x generate() fp32 eager",
 }
 
@@ -181,13 +182,16 @@ def verdict(records: list[dict]) -> list[str]:
         ]
         others = [r for r in records if r is not fast]
         best_first = min(others, key=lambda r: r["ttft_ms"])
-        checks.append(_ttft_check(fast, best_first))
+        if "ttft_ms_min" in fast:
+            checks.append(_ttft_check(fast, best_first))
+        else:  # recorded before the prompt's pass was replayed from a CUDA graph: the target came later
+            checks.append(("time to first token: this run predates that target (no spread recorded)", None))
     else:
         best = max(records[1:], key=lambda r: r["decode_tok_s"])
         ratio = best["decode_tok_s"] / first
         where = records[0].get("cpu") or records[0].get("device_name", "this CPU")  # the CPU with its instruction sets
         checks = [(f"fastest ({best['label']}) {ratio:.2f}x generate() fp32 eager >= 4x, on {where}", ratio >= 4)]
-    return [f"[{'met' if ok else 'NOT met'}] {text}" for text, ok in checks]
+    return [f"[{'not checked' if ok is None else 'met' if ok else 'NOT met'}] {text}" for text, ok in checks]
 
 
 def _ttft_check(fast: dict, best: dict) -> tuple[str, bool]:

@@ -35,9 +35,34 @@ CACHE = Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "faster-g
 SDIST = "llama-cpp-python"  # the source package that carries llama.cpp's sources (vendor/llama.cpp)
 
 
-def find_bench() -> Path | None:
-    """``llama-bench`` from ``$LLAMA_CPP_BIN``, ``PATH`` or an earlier build in the cache, or None."""
-    for folder in (os.environ.get("LLAMA_CPP_BIN"), CACHE / "build" / "bin"):
+# llama.cpp's build options for a build capped at AVX2 (``--isa avx2``): the instruction sets of a CPU without
+# AVX-512 (AMD's Zen 3, many laptops), on a CPU that has more
+ISA_FLAGS = {
+    "native": ["-DGGML_NATIVE=ON"],
+    "avx2": ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON"]
+    + ["-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX_VNNI=OFF"],
+}
+# what caps PyTorch's own CPU kernels at AVX2 (read when torch is imported): ATen's, MKL's and oneDNN's; the
+# workbook's q8_0 kernel reads WORKBOOK_Q8_ISA (helpers.q8.isa_cap)
+AVX2_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "WORKBOOK_Q8_ISA": "avx2",
+}
+
+
+def _build_dir(isa: str) -> Path:
+    return CACHE / ("build" if isa == "native" else f"build-{isa}")
+
+
+def find_bench(isa: str = "native") -> Path | None:
+    """``llama-bench`` from ``$LLAMA_CPP_BIN``, ``PATH`` or an earlier build in the cache, or None; for a capped
+    ``isa`` only the cache's build of it."""
+    if isa != "native":
+        found = _build_dir(isa) / "bin" / "llama-bench"
+        return found if found.exists() else None
+    for folder in (os.environ.get("LLAMA_CPP_BIN"), _build_dir("native") / "bin"):
         if folder and (Path(folder) / "llama-bench").exists():
             return Path(folder) / "llama-bench"
     found = shutil.which("llama-bench")
@@ -66,16 +91,19 @@ def sources() -> Path:
     return sorted(CACHE.glob("llama_cpp_python-*/vendor/llama.cpp"))[-1]
 
 
-def build() -> Path:
-    """Build ``llama-bench`` for this CPU (cmake and a C++ compiler needed); return its path."""
+def build(isa: str = "native") -> Path:
+    """Build ``llama-bench`` for this CPU, or capped at ``isa`` (a key of ``ISA_FLAGS``; cmake and a C++ compiler
+    needed); return its path."""
+    if isa not in ISA_FLAGS:
+        raise ValueError(f"isa takes one of {', '.join(ISA_FLAGS)}, got {isa!r}.")
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
             raise RuntimeError(
                 f"Building llama.cpp needs {tool}, which this machine lacks. Install cmake and a C++ compiler, or "
                 "point LLAMA_CPP_BIN at a folder with a llama-bench you built."
             )
-    src, out = sources(), CACHE / "build"
-    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+    src, out = sources(), _build_dir(isa)
+    flags = ["-DCMAKE_BUILD_TYPE=Release", *ISA_FLAGS[isa], "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"]
     flags += ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]  # llama-bench only
     _run(["cmake", "-S", str(src), "-B", str(out), *flags], "cmake configure")
     _run(["cmake", "--build", str(out), "--target", "llama-bench", f"-j{os.cpu_count() or 2}"], "cmake build")
@@ -237,9 +265,20 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=3, help="rounds of the q8_0 decode step and llama.cpp q8_0")
     parser.add_argument("--record", action="store_true", help="keep the rows in results/recorded/ (committed)")
+    parser.add_argument(
+        "--isa",
+        choices=list(ISA_FLAGS),
+        default="native",
+        help="avx2: both programs built for AVX2 only (PyTorch's kernels capped too where they allow it): a CPU "
+        "without AVX-512, timed on one that has it",
+    )
     args = parser.parse_args(argv)
     if args.pairs < 0:
         parser.error(f"--pairs takes 0 (none) or more rounds, got {args.pairs}")
+    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
+        # the caps are read when torch loads: start again with them set (torch may be imported already)
+        cmd = [sys.executable, "-m", "helpers.llamacpp", *(argv if argv is not None else sys.argv[1:])]
+        os.execve(sys.executable, cmd, {**os.environ, **AVX2_ENV})
     from .notebook import quiet
 
     quiet()  # importing transformers imports torchao, which logs about GPU kernels a CPU lacks
@@ -252,7 +291,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("WORKBOOK_COMMAND", "python -m helpers.llamacpp " + " ".join(argv or sys.argv[1:]))
     threads = torch.get_num_threads()
     print(f"{device.cpu_summary()}; {threads} threads for both")
-    bench_path = find_bench() or build()
+    bench_path = find_bench(args.isa) or build(args.isa)
     model, tok = models.load(args.model, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         ggufs = {t: convert(model, tok, Path(tmp), t) for t in ("f16", "q8_0")}
@@ -270,6 +309,12 @@ def main(argv=None) -> int:
         print(f"{r['round']:>9} | {r['label']:<50} | {r['decode_tok_s']:8.1f} tokens/s | {r['vs_fp32_eager']:.2f}x")
         keep = {k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None}
         where = {"device_name": device.name(torch.device("cpu")), "device_type": "cpu"}  # a CPU, also on a GPU host
+        if args.isa != "native":  # a file of its own, and a CPU line that says what was capped
+            where["device_name"] += f", {args.isa.upper()} builds"
+            where["cpu"] = (
+                f"{device.cpu_summary()}; both programs built for {args.isa.upper()} only (PyTorch's ATen, MKL and "
+                "oneDNN kernels capped too; FBGEMM's dynamic int8 chooses its own)"
+            )
         results.record(
             {**keep, "model": args.model, "threads": threads, **where}, notebook="llamacpp", technique=r["label"]
         )

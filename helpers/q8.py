@@ -130,9 +130,20 @@ def _ninja_on_path() -> None:
 
 
 def _flags() -> tuple[list[str], list[str]]:
-    """Compiler and linker flags: this CPU's instruction sets, and OpenMP threads where the compiler has them."""
+    """Compiler and linker flags: this CPU's instruction sets (capped by ``WORKBOOK_Q8_ISA``), and OpenMP threads
+    where the compiler has them."""
     openmp = sys.platform.startswith("linux")  # Apple's clang has no OpenMP: there the kernel runs on one thread
-    return FLAGS + (["-fopenmp"] if openmp else []), (["-fopenmp"] if openmp else [])
+    return FLAGS + isa_cap() + (["-fopenmp"] if openmp else []), (["-fopenmp"] if openmp else [])
+
+
+def isa_cap() -> list[str]:
+    """Flags that cap this process's builds at fewer instruction sets than the CPU has: ``WORKBOOK_Q8_ISA=avx2``
+    (or ``portable``) builds the default kernel as that variant, so that ``python -m helpers.llamacpp --isa avx2``
+    can time a CPU without AVX-512 on one that has it."""
+    cap = os.environ.get("WORKBOOK_Q8_ISA", "")
+    if cap and cap not in ("avx2", "portable"):
+        raise ValueError(f"WORKBOOK_Q8_ISA takes avx2 or portable (or nothing: this CPU's own), got {cap!r}.")
+    return VARIANTS[cap] if cap else []
 
 
 def _load(variant: str | None, verbose: bool, root: Path | None = None, tag: str = ""):

@@ -40,6 +40,31 @@ def test_building_without_cmake_says_what_to_do(monkeypatch):
         llamacpp.build()
 
 
+def test_an_avx2_build_is_capped_and_kept_apart(tmp_path, monkeypatch):
+    """--isa avx2: llama.cpp built without native flags and without AVX-512, in a folder of its own, never taken
+    from PATH or LLAMA_CPP_BIN (those are builds for the whole CPU); the workbook's kernel capped the same way."""
+    calls = []
+    monkeypatch.setattr(llamacpp, "CACHE", tmp_path)
+    monkeypatch.setattr(llamacpp, "sources", lambda: tmp_path / "src")
+    monkeypatch.setattr(llamacpp.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(llamacpp, "_run", lambda cmd, what, **kw: calls.append(cmd))
+    monkeypatch.setenv("LLAMA_CPP_BIN", str(tmp_path))
+    (tmp_path / "llama-bench").write_text("")
+    assert llamacpp.find_bench("avx2") is None  # LLAMA_CPP_BIN's build is not an AVX2 one
+    assert llamacpp.build("avx2") == tmp_path / "build-avx2" / "bin" / "llama-bench"
+    configure = calls[0]
+    assert "-DGGML_NATIVE=OFF" in configure and "-DGGML_AVX512=OFF" in configure and "-DGGML_AVX2=ON" in configure
+    assert str(tmp_path / "build-avx2") in configure
+    with pytest.raises(ValueError, match="isa takes"):
+        llamacpp.build("avx9")
+    monkeypatch.setenv("WORKBOOK_Q8_ISA", "avx2")
+    assert q8.isa_cap() == q8.VARIANTS["avx2"] and all(f in q8._flags()[0] for f in q8.VARIANTS["avx2"])
+    monkeypatch.setenv("WORKBOOK_Q8_ISA", "avx9")
+    with pytest.raises(ValueError, match="WORKBOOK_Q8_ISA"):
+        q8.isa_cap()
+    assert llamacpp.AVX2_ENV["ATEN_CPU_CAPABILITY"] == "avx2" and llamacpp.AVX2_ENV["WORKBOOK_Q8_ISA"] == "avx2"
+
+
 def _pair(k, ours, theirs):
     return [
         {"round": f"pair {k}", "label": ladder.Q8_LABEL, "decode_tok_s": ours},
