@@ -6,7 +6,9 @@
 A table is a block ``<!-- recorded {json} -->`` ... ``<!-- /recorded -->``: the JSON gives ``notebook``,
 ``columns`` and optionally ``headers``, ``device_type`` and ``match`` (fields every row must equal), and the
 block's body is rebuilt from ``helpers.results.recorded_markdown()``. ``{"kind": "ladder_targets"}`` checks
-the workbook's speed targets against each recorded ladder run (``helpers.ladder.verdict``).
+the workbook's speed targets against each recorded ladder run (``helpers.ladder.verdict``);
+``{"kind": "llamacpp_pairs"}`` gives each recorded llama.cpp comparison's verdict from its pairs
+(``helpers.llamacpp.paired_ratio``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import re
 
 from .ladder import TARGETS, verdict
+from .llamacpp import paired_ratio, paired_sentence
 from .results import ROOT, recorded, recorded_markdown, source_line
 
 README = ROOT / "README.md"
@@ -30,6 +33,8 @@ def render(text: str) -> str:
         spec = json.loads(m.group(2))
         if spec.get("kind") == "ladder_targets":
             return f"{m.group(1)}{ladder_targets(spec.get('device_type'))}\n{m.group(4)}"
+        if spec.get("kind") == "llamacpp_pairs":
+            return f"{m.group(1)}{llamacpp_pairs()}\n{m.group(4)}"
         body = recorded_markdown(
             spec["notebook"],
             spec["columns"],
@@ -49,6 +54,17 @@ def ladder_targets(device_type: str | None = None) -> str:
         lines = "\n".join(f"- {line}" for line in verdict(rows))
         parts.append(f"Targets ({TARGETS[rows[0]['device']]}), {source_line(rows, file)}:\n\n{lines}")
     return "\n\n".join(parts) or "No recorded ladder run yet: `python -m helpers.ladder --record`."
+
+
+def llamacpp_pairs() -> str:
+    """One line per recorded llama.cpp comparison: the verdict of its pairs (the fair comparison on a machine
+    whose speed drifts), with the machine and its instruction sets."""
+    lines = []
+    for rows in recorded("llamacpp").values():
+        ratio = paired_ratio(rows)
+        said = paired_sentence(ratio) if ratio else "no pairs in this run (recorded before they existed)"
+        lines.append(f"- {rows[0]['cpu']} ({rows[0]['date']}): {said}")
+    return "\n".join(lines) or "No recorded llama.cpp run yet: `python -m helpers.llamacpp --record`."
 
 
 def main(argv=None) -> int:

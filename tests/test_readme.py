@@ -33,3 +33,16 @@ def test_check_fails_on_a_stale_document(tmp_path, monkeypatch, capsys, recorded
     monkeypatch.setattr(readme, "ROOT", tmp_path)
     assert readme.main(["--check"]) == 1 and "differ" in capsys.readouterr().out
     assert readme.main([]) == 0 and readme.main(["--check"]) == 0
+
+
+def test_llamacpp_pairs_give_each_recorded_runs_verdict(recorded_dir, monkeypatch):
+    from helpers import ladder, llamacpp
+
+    assert "No recorded llama.cpp run yet" in readme.llamacpp_pairs()
+    monkeypatch.setenv("WORKBOOK_RECORD", "1")
+    for k, (ours, theirs) in enumerate([(120.0, 100.0), (110.0, 100.0)], 1):
+        for label, tok_s in ((ladder.Q8_LABEL, ours), (llamacpp.bench_label("q8_0"), theirs)):
+            row = {"round": f"pair {k}", "label": label, "decode_tok_s": tok_s, "cpu": "Some CPU, AVX2"}
+            results.record(row, notebook="llamacpp")
+    (line,) = readme.llamacpp_pairs().splitlines()
+    assert line.startswith("- Some CPU, AVX2 (") and "1.15x" in line and "faster in every pair" in line
