@@ -10,7 +10,9 @@ Its files follow the order notebooks 05 and 05b teach it:
    over a hundred kernel launches, which notebook 05 counts with the profiler), or several greedy steps,
    token choice included, in one CUDA graph of our own (``graph_steps``).
 3. ``triton_step.py``: the hand-written decode step of Triton kernels (GPU, greedy, batch 1): three kernels
-   a layer plus one. The only file that imports Triton; notebook 05b builds it kernel by kernel.
+   a layer plus one. The file that imports Triton; notebook 05b builds it kernel by kernel.
+   ``persistent_step.py``: the same stages in one persistent kernel a token, its programs meeting at grid
+   barriers instead of kernel boundaries, the next layer's weights fetched into the L2 cache ahead of use.
 4. int8 weights by swapping the decoder's linear layers (``helpers.quant``): on a GPU ``Int8Linear``
    (weight-only, the dequantization fused into the product by the compiler), on a CPU PyTorch's dynamic
    int8 kernels (``torch.ao``'s FBGEMM path, notebook 03) or llama.cpp's q8_0 format through the workbook's
@@ -32,6 +34,7 @@ masked, as ``generate()`` does with an ``attention_mask``.
 from .cpu_step import CppStep
 from .generator import STREAM_BLOCK, FastGPT2, ModelStep
 from .model import Block, Decoder, Int8KVCache, KVCache, Linear, matvec
+from .persistent_step import PersistentStep
 from .policy import TUNED, TUNED_CUDA_GRAPHS
 from .triton_step import KERNEL_CONFIGS, TritonStep
 
@@ -48,6 +51,7 @@ __all__ = [
     "KVCache",
     "Linear",
     "ModelStep",
+    "PersistentStep",
     "TritonStep",
     "matvec",
 ]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import capability, q8, quant
-from . import cpu_step, policy, triton_step
+from . import cpu_step, persistent_step, policy, triton_step
 from .model import Decoder, Linear
 
 STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positions
@@ -67,7 +67,9 @@ class FastGPT2(nn.Module):
     choice included, in one CUDA graph, so Python launches one graph per ``graph_steps`` tokens.
     ``kernels``: greedy decoding at batch 1 runs a hand-written step: on a GPU the Triton step (``triton_step``),
     ``graph_steps`` steps per CUDA graph, which ``"auto"`` uses where it was checked, with float weights and
-    ``graph_steps > 1``; with ``int8="q8_0"`` the C++ step (``cpu_step``: the whole token in one call), which
+    ``graph_steps > 1``; ``"persistent"`` runs the GPU's step as one persistent kernel a token instead of one
+    kernel a stage (``persistent_step``; not yet timed on a GPU, so never chosen by ``"auto"``); with
+    ``int8="q8_0"`` the C++ step (``cpu_step``: the whole token in one call), which
     ``"auto"`` uses with a float KV cache. Other batches and sampling use the model's step (``compile``).
     ``graph_prefill``: the prompt's pass recorded in a CUDA graph, one per prompt shape (``policy.CapturedPrefill``;
     a new shape costs about three eager passes once); ``"auto"`` uses it on a GPU unless the compiler records the
@@ -137,6 +139,11 @@ class FastGPT2(nn.Module):
             if isinstance(layer, (Linear, quant.Int8Linear)):
                 layer.matvec = bool(matvec)
         runnable = triton_step.runnable(self.device)
+        if kernels not in ("auto", True, False, "persistent"):
+            raise ValueError(f"kernels takes 'auto', True, False or 'persistent', got {kernels!r}.")
+        self.persistent = kernels == "persistent"
+        if self.persistent and int8 == "q8_0":
+            raise ValueError("kernels='persistent' is a GPU step (Triton); with int8='q8_0' use kernels=True.")
         if int8 == "q8_0":  # the CPU's hand-written step: the whole token in one C++ call (cpu_step)
             if kernels == "auto":
                 kernels = kv_cache == "float"
@@ -217,6 +224,8 @@ class FastGPT2(nn.Module):
         if self._greedy is None:
             if self.kernels and self.model.batch == 1 and self.int8 == "q8_0":
                 self._greedy = cpu_step.CppStep(self.model, self._tok, self._pos, self._out)
+            elif self.kernels and self.model.batch == 1 and self.persistent:
+                self._greedy = persistent_step.PersistentStep(self.model, self._tok, self._pos, self._out)
             elif self.kernels and self.model.batch == 1:
                 self._greedy = triton_step.TritonStep(self.model, self._tok, self._pos, self._out)
             else:
@@ -363,11 +372,13 @@ class FastGPT2(nn.Module):
             step = self.greedy_step()
             for _ in range(remaining):
                 step()
-            return self._out[:, :total].clone()
-        for n in sizes:
-            for _ in range(remaining // n):
-                graphs[n].replay()
-            remaining %= n
+        else:
+            for n in sizes:
+                for _ in range(remaining // n):
+                    graphs[n].replay()
+                remaining %= n
+        if hasattr(self._greedy, "check"):  # the persistent step: did a grid barrier give up waiting?
+            self._greedy.check()
         return self._out[:, :total].clone()
 
     @staticmethod

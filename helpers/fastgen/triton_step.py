@@ -1,4 +1,4 @@
-"""The hand-written decode step: GPT-2 at batch 1, greedy, in Triton kernels (the only file that imports Triton).
+"""The hand-written decode step: GPT-2 at batch 1, greedy, in Triton kernels (the file that imports Triton).
 
 Three kernels a layer plus one (37 for GPT-2's 12 layers, against over a hundred in the compiled step,
 which notebook 05 counts with the profiler):
