@@ -23,8 +23,9 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.q8``        llama.cpp's q8_0 weights and the workbook's own C++ kernel for them (CPU, notebook 03c)
 - ``helpers.prune``     pruning: magnitude (unstructured), 2:4, MLP neurons and blocks, CSR timing
 - ``helpers.fastgen``   the fast decoder, a package in the lessons' order: model (eager, ``KVCache``), policy
-                        (compile, CUDA graphs), triton_step (the hand-written GPU step), cpu_step (the C++ step
-                        for q8_0 weights), generator (``FastGPT2``)
+                        (compile, CUDA graphs), triton_step (the hand-written GPU step), persistent_step (the
+                        same in one kernel a token), cpu_step (the C++ step for q8_0 weights), generator
+                        (``FastGPT2``)
 - ``helpers.ladder``    ``python -m helpers.ladder``: every decoding setup measured in one run
 - ``helpers.llamacpp``  ``python -m helpers.llamacpp``: llama.cpp's decoder timed beside the workbook's on a CPU
 - ``helpers.speculative`` speculative decoding from scratch (greedy and rejection sampling)
