@@ -46,11 +46,12 @@ Q8_COMPILED_LABEL = "FastGPT2, q8_0 weights (workbook kernel), compiled"  # the 
 Q8_LABEL = "FastGPT2, q8_0 weights (workbook kernel), decode step in C++"  # the fastest CPU row (notebook 03c)
 
 
-def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True):
+def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True, persistent: bool = False):
     """(label, model passed to bench.generation, factory of a generate_fn or a FastGPT2, "fast" for FastGPT2 rows).
 
     ``half`` names the GPU's half-precision format (bf16, or fp16 before compute capability 8.0);
-    ``triton_step`` adds the hand-written Triton step's row (only on GPUs where it was checked).
+    ``triton_step`` adds the hand-written Triton step's row (only on GPUs where it was checked), and
+    ``persistent`` after it the row of the same stages in one persistent kernel a token (``--persistent``).
     """
     rows = [("generate(), fp32 eager", hf32, lambda: bench.hf_generate(hf32), None)]
     if on_gpu:
@@ -85,6 +86,15 @@ def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True
                 "fast",
             )
         )
+        if persistent:
+            rows.append(
+                (
+                    f"FastGPT2, {kind}, one persistent Triton kernel a token, {GRAPH_STEPS} steps per CUDA graph",
+                    base,
+                    lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels="persistent"),
+                    "fast",
+                )
+            )
     if on_gpu:
         rows.append(
             ("FastGPT2, int8 weights, compiled + CUDA graphs", base, lambda: fastgen.FastGPT2(base, int8=True), "fast")
@@ -113,6 +123,7 @@ def run(
     repeats: int = 5,
     device=None,
     progress: bool = True,
+    persistent: bool = False,
 ) -> list[dict]:
     """Measure every row of the ladder on ``device`` and return the records (ratios filled in)."""
     quiet()
@@ -127,7 +138,7 @@ def run(
     bw = devices.bandwidth(dev)
     records = []
     short = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(half.value, "fp32")
-    rows = _rows(hf32, hf16, on_gpu, half=short, triton_step=bool(step))
+    rows = _rows(hf32, hf16, on_gpu, half=short, triton_step=bool(step), persistent=persistent)
     for label, model, make, kind in tqdm(rows, desc="ladder", disable=not progress):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -240,6 +251,11 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--record", action="store_true", help="keep the rows in results/recorded/ladder--<device>.jsonl (committed)"
     )
+    parser.add_argument(
+        "--persistent",
+        action="store_true",
+        help="on a GPU, add the row of the persistent Triton step (fastgen.persistent_step; opt-in until timed)",
+    )
     args = parser.parse_args(argv)
     try:
         dev = devices.pick(args.device)  # the same check WORKBOOK_DEVICE gets: cpu, cuda, cuda:N or mps
@@ -258,7 +274,12 @@ def main(argv=None) -> None:
         args.new_tokens, args.repeats = 16, 1
         os.environ["WORKBOOK_QUICK"] = "1"  # recorded rows say they come from a smoke test
     records = run(
-        args.model, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats, device=args.device
+        args.model,
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        device=args.device,
+        persistent=args.persistent,
     )
     kind = records[0]["device"]
     print(

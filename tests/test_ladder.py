@@ -68,3 +68,12 @@ def test_gpu_rows_follow_the_capability():
     assert "generate(), fp16 eager" in t4 and not any("Triton" in x for x in t4)
     assert any("Triton" in x for x in h100) and len(h100) == len(t4) + 1
     assert t4[-1].startswith("FastGPT2, int8")
+    # --persistent adds the persistent step's row after the Triton step's, where the Triton step was checked
+    with_persistent = [label for label, *_ in ladder._rows(None, None, True, half="bf16", persistent=True)]
+    assert (
+        with_persistent
+        == h100[:6] + ["FastGPT2, bf16, one persistent Triton kernel a token, 16 steps per CUDA graph"] + h100[6:]
+    )
+    assert [
+        label for label, *_ in ladder._rows(None, None, True, half="fp16", triton_step=False, persistent=True)
+    ] == t4
