@@ -107,8 +107,55 @@ def test_bad_settings_are_refused():
     t = torch.zeros(1, 1, dtype=torch.long, device=DEV)
     with pytest.raises(ValueError, match="at least one program per head"):
         persistent_step.PersistentStep(decoder, t, t[0], t, n_programs=1)
+    decoder.setup_caches(2, 40)
+    with pytest.raises(ValueError, match="batch 1"):
+        persistent_step.PersistentStep(decoder, t, t[0], t)
+    if ON_GPU:  # more programs than multiprocessors could never all run at once
+        with pytest.raises(ValueError, match="cannot all run at once"):
+            decoder.setup_caches(1, 40)
+            persistent_step.PersistentStep(
+                decoder, t, t[0], t, n_programs=persistent_step.programs(decoder.wpe.weight.device) + 1
+            )
     with pytest.raises(ValueError, match="kernels takes"):
         fastgen.FastGPT2(_model(2), kernels="fast")
     if not ON_GPU:
         with pytest.raises(ValueError, match="kernels='persistent' is a GPU step"):
             fastgen.FastGPT2(_model(2).float(), int8="q8_0", kernels="persistent")
+
+
+def _number(value) -> int:
+    """An interpreted Triton scalar (or a plain int) as a Python int."""
+    data = getattr(getattr(value, "handle", value), "data", value)
+    return int(data.item() if hasattr(data, "item") else data)
+
+
+def test_the_prefetches_ask_for_the_weights_the_next_stages_read(small_tiles, monkeypatch):
+    """The prefetch instruction cannot run in the interpreter: record what it would be asked for instead, and
+    check that every range lies inside a tensor the step reads next (no address outside the model's weights)
+    and that the layers' weight matrices and the output layer's rows are all asked for."""
+    asked = []
+    monkeypatch.setattr(
+        persistent_step,
+        "_prefetch",
+        lambda address, n_bytes, pid, P, LINES: asked.append((_number(address), _number(n_bytes))),
+    )
+    decoder = fastgen.Decoder(_model(2), torch.float32)
+    decoder.setup_caches(1, 40)
+    t = torch.zeros(1, 1, dtype=torch.long, device=DEV)
+    step = persistent_step.PersistentStep(decoder, t, torch.zeros(1, dtype=torch.long, device=DEV), t.new_zeros(1, 40))
+    step.meta["PREFETCH"] = True
+    step()
+    weights = {"head": decoder.head.weight} | {
+        f"{i}.{name}": getattr(block, name).weight
+        for i, block in enumerate(decoder.blocks)
+        for name in ("qkv", "proj", "fc", "out")
+    }
+    spans = {k: (w.data_ptr(), w.data_ptr() + w.numel() * w.element_size()) for k, w in weights.items()}
+    hit = set()
+    for address, n_bytes in asked:
+        if n_bytes <= 0:
+            continue  # a program with no rows left asks for nothing
+        inside = [k for k, (lo, hi) in spans.items() if lo <= address and address + n_bytes <= hi]
+        assert inside, f"a prefetch of {n_bytes} bytes at {address:#x} lies outside every weight"
+        hit.update(inside)
+    assert hit == set(weights)  # layer 1's matrices (asked during layer 0), layer 0's (for the next token), the head
