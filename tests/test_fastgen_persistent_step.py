@@ -96,9 +96,12 @@ def test_a_barrier_that_cannot_fill_gives_up_and_says_so(small_tiles, monkeypatc
     monkeypatch.setattr(persistent_step, "WAIT_LIMIT", 4)
     decoder = fastgen.Decoder(_model(1), torch.float32)
     step, *_ = _one_step(decoder, 20, n_programs=2, sync=True)  # the interpreter runs program 0 to the end first
+    gave_up = getattr(persistent_step.GAVE_UP, "value", persistent_step.GAVE_UP)  # a Triton constexpr: its number
+    assert step.counts[2] == 1 and step.counts[0] >= gave_up  # flagged; later waits pass at once
     with pytest.raises(RuntimeError, match="did not all run at once"):
         step.check()
-    step.check()  # the flag was read and cleared
+    assert step.counts.tolist() == [0, 0, 0]  # read and cleared: the next steps wait again
+    step.check()
 
 
 def test_bad_settings_are_refused():

@@ -19,7 +19,7 @@ The stages' arithmetic is the Triton step's (LayerNorm inside each product, fp32
 where programs split a sum, the argmax finished by the last program); what changes is who runs it and how the
 stages meet. All programs must run at once, or a barrier would wait for a program that cannot start: one
 program per multiprocessor fits, unless other work holds the GPU. A barrier that cannot fill gives up after
-``WAIT_LIMIT`` polls, later barriers of the run no longer wait, and ``PersistentStep.check`` raises.
+``WAIT_LIMIT`` polls, later barriers no longer wait, and ``PersistentStep.check`` raises.
 
 Each multiprocessor has its own L1 cache, which does not see what other multiprocessors write: everything a
 program reads that another program wrote in the same launch (activations, the new keys and values) is loaded
@@ -64,6 +64,7 @@ HEAD_TILE = 32  # rows of the output layer a program multiplies at a time
 AHEAD = 4  # tiles of output-layer rows a program asks the L2 cache for ahead of the one it multiplies
 BLOCK_L = 64  # cached positions per block of the attention's loop
 WAIT_LIMIT = 1 << 22  # polls of a barrier before a program gives up (seconds)
+GAVE_UP = _const(1 << 30)  # added to the barrier's count by a program that gave up: later waits pass at once
 PREFETCH = True  # ask the L2 cache for the next layer's weights while the current layer runs (GPU only)
 INTERPRETED_PROGRAMS = 8  # programs in Triton's interpreter (the CPU tests), where no GPU sets them
 
@@ -90,17 +91,17 @@ def _wait(counts_ptr, target, LIMIT: tl.constexpr):
     earlier stage (acquire: what they wrote before arriving is then visible here).
 
     If LIMIT polls (seconds) see too few arrivals, some program could not start and the barrier would never
-    fill: the program stops waiting and raises the flag ``counts[2]``; once it is raised, later barriers do not
-    wait at all. The tokens are then wrong, but the GPU is not left waiting forever, and
-    ``PersistentStep.check`` turns the flag into an error that says so."""
-    if tl.load(counts_ptr + 2, volatile=True) == 0:
-        seen = tl.atomic_add(counts_ptr, 0, sem="acquire", scope="gpu")  # compiled as one acquiring load
-        polls = 0
-        while (seen < target) & (polls < LIMIT):
-            seen = tl.atomic_add(counts_ptr, 0, sem="acquire", scope="gpu")
-            polls += 1
-        if seen < target:
-            tl.atomic_xchg(counts_ptr + 2, 1)
+    fill: the program stops waiting, raises the flag ``counts[2]`` and adds ``GAVE_UP`` to the count, which
+    lets every later wait pass at once (the count stays that high until ``PersistentStep.check`` reads the
+    flag). The tokens are then wrong, but the GPU is not left waiting, and ``check`` says so."""
+    seen = tl.atomic_add(counts_ptr, 0, sem="acquire", scope="gpu")  # compiled as one acquiring load
+    polls = 0
+    while (seen < target) & (polls < LIMIT):
+        seen = tl.atomic_add(counts_ptr, 0, sem="acquire", scope="gpu")
+        polls += 1
+    if seen < target:
+        tl.atomic_xchg(counts_ptr + 2, 1)
+        tl.atomic_add(counts_ptr, GAVE_UP, sem="relaxed", scope="gpu")
 
 
 @_jit
@@ -312,7 +313,8 @@ def _head_stage(
         tl.store(tok_ptr, token)
         tl.store(pos_ptr, pos + 1)
         tl.store(counts_ptr + 1, 0)
-        tl.store(counts_ptr, 0)  # every program has passed its last wait of this token: the next starts at 0
+        if tl.load(counts_ptr + 2, volatile=True) == 0:  # (after a barrier gave up, the count stays high)
+            tl.store(counts_ptr, 0)  # every program has passed its last wait of this token: the next starts at 0
     if PREFETCH:
         _prefetch_layer(table, 0, pid, wte_address, C, ES, P, LINES)
 
@@ -464,7 +466,7 @@ class PersistentStep:
     def check(self) -> None:
         """Raise if a barrier gave up waiting in the steps run so far (the tokens they made are wrong)."""
         if self.counts[2].item():
-            self.counts[2].zero_()
+            self.counts.zero_()  # the flag, and the count the give-up raised: the next steps wait again
             raise RuntimeError(
                 f"The persistent step's programs did not all run at once ({self.meta['P']} programs): a grid "
                 "barrier gave up waiting and the tokens are wrong. Other work on the same GPU can cause this. "
