@@ -154,10 +154,12 @@ class FastGPT2(nn.Module):
             kernels = runnable and checked and self.graph_steps > 1 and not int8 and triton_step.fits(cfg)
             kernels = kernels and kv_cache == "float"  # the Triton step reads a float cache
         elif kernels and not (runnable and not int8 and kv_cache == "float"):
-            raise ValueError("kernels=True needs Triton, a CUDA GPU, float weights (not int8) and a float KV cache.")
+            raise ValueError(
+                f"kernels={kernels!r} needs Triton, a CUDA GPU, float weights (not int8) and a float KV cache."
+            )
         elif kernels and not triton_step.fits(cfg):
             head_dim = cfg.n_embd // cfg.n_head
-            raise ValueError(f"kernels=True needs a head size that is a power of 2; this model's is {head_dim}.")
+            raise ValueError(f"kernels={kernels!r} needs a head size that is a power of 2; this model's is {head_dim}.")
         self.kernels = bool(kernels)
         if graph_prefill not in ("auto", True, False):
             raise ValueError(f"graph_prefill takes 'auto', True or False, got {graph_prefill!r}.")
