@@ -158,6 +158,8 @@ def run(
                 bandwidth=bw,
                 model_bytes=made.weight_bytes() if kind == "fast" else None,
             )
+        if not on_gpu:
+            rec["cpu"] = devices.cpu_summary()  # the targets line names the CPU with its instruction sets
         records.append(rec)
         del made, fn
     first = records[0]["decode_tok_s"]

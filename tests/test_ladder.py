@@ -1,5 +1,6 @@
 """The ladder's table and its verdict on the workbook's targets (the measuring itself runs in notebook 05)."""
 
+from helpers import device as devices
 from helpers import ladder
 
 
@@ -77,3 +78,15 @@ def test_gpu_rows_follow_the_capability():
     assert [
         label for label, *_ in ladder._rows(None, None, True, half="fp16", triton_step=False, persistent=True)
     ] == t4
+
+
+def test_a_cpu_run_names_its_cpu_with_its_instruction_sets(monkeypatch):
+    """The rows of a CPU run carry the CPU's summary (model, threads, instruction sets): the targets line
+    printed right after the run names it, as recorded rows do."""
+    monkeypatch.setattr(ladder.models, "load", lambda *a, **k: (None, None))
+    monkeypatch.setattr(ladder.devices, "bandwidth", lambda dev: 1e10)
+    monkeypatch.setattr(ladder, "_rows", lambda *a, **k: [("generate(), fp32 eager", None, lambda: None, None)])
+    monkeypatch.setattr(ladder.bench, "generation", lambda *a, **k: record(k["label"], 25.0, "cpu"))
+    records = ladder.run(device="cpu", progress=False)
+    assert records[0]["cpu"] == devices.cpu_summary() and records[0]["ratio"] == 1.0
+    assert ladder.verdict(records + [record("FastGPT2, x", 110, "cpu")])[0].endswith(devices.cpu_summary())
