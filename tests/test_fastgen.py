@@ -76,8 +76,12 @@ def test_stream_yields_the_tokens_of_generate_and_reuses_its_cache(pocket):
 def test_compiled_step_gives_the_same_tokens(tiny_model, tokenizer):
     ids = tokenizer("def main():", return_tensors="pt")["input_ids"]
     eager = fastgen.FastGPT2(tiny_model, compile=False).generate(ids, 12)
-    compiled = fastgen.FastGPT2(tiny_model, compile=True).generate(ids, 12)
+    fast = fastgen.FastGPT2(tiny_model, compile=True)
+    compiled = fast.generate(ids, 12)
     assert torch.equal(eager, compiled)
+    if fast.device.type == "cpu":  # a compiled CPU step's cache is sized in blocks (generator.CPU_CACHE_BLOCK)
+        assert fast.model.length % fastgen.generator.CPU_CACHE_BLOCK == 0 and fast.model.length >= ids.shape[1] + 12
+        assert torch.equal(fast.generate(ids, 20), fastgen.FastGPT2(tiny_model, compile=False).generate(ids, 20))
 
 
 def test_matvec_equals_a_matrix_product():

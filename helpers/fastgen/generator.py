@@ -21,6 +21,12 @@ from .model import Decoder, Linear
 
 STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positions
 PREFILL_GRAPHS = 8  # on a GPU, CUDA graphs of the prefill kept for this many prompt shapes
+# A step compiled on a CPU gets a KV cache of a multiple of this many positions (unused positions are masked):
+# nearby lengths then share one compiled step, and it avoids a cache of exactly 160 positions, the benchmark's
+# 32 + 128, for which PyTorch 2.13's generated CPU code for the written-out attention corrupted memory and
+# aborted the process (an Intel Xeon with AVX-512 and AMX, 2 threads; fine with 1 thread, with AVX2 code, with
+# the library's attention, and at 64 to 320 positions in steps of 64: seen 2026-12-07).
+CPU_CACHE_BLOCK = 64
 
 
 def pick_tokens(logits: torch.Tensor, temperature: float, top_k: int | None, gen) -> torch.Tensor:
@@ -324,7 +330,10 @@ class FastGPT2(nn.Module):
             pad = t - mask.sum(1)
             if b == 1:  # one sequence: its left padding is dropped (the hand-written step assumes none)
                 ids, pad = ids[:, int(pad[0]) :], None
-        self._allocate(b, max(ids.shape[1] + max_new_tokens, length or 0))
+        need = max(ids.shape[1] + max_new_tokens, length or 0)
+        if self.compile_mode is not None and self.device.type == "cpu":  # see CPU_CACHE_BLOCK
+            need = min(self.config.n_positions, -(-need // CPU_CACHE_BLOCK) * CPU_CACHE_BLOCK)
+        self._allocate(b, need)
         if pad is None:
             self.model.pad.zero_()
         else:
