@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -71,6 +72,13 @@ def find_bench(isa: str = "native") -> Path | None:
 
 def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if done.returncode < 0:  # killed by a signal: a crash prints nothing of its own
+        name = signal.Signals(-done.returncode).name if -done.returncode in signal.valid_signals() else "?"
+        raise RuntimeError(
+            f"{what} crashed ({' '.join(map(str, cmd[:3]))} ...: signal {-done.returncode}, {name}). A build for "
+            "this CPU's newest instructions can crash where an older set runs: try again with --isa avx2 (both "
+            f"programs built for AVX2 only).\n{(done.stderr or done.stdout)[-1500:]}"
+        )
     if done.returncode:
         raise RuntimeError(
             f"{what} failed ({' '.join(map(str, cmd[:3]))} ...):\n{(done.stderr or done.stdout)[-1500:]}"

@@ -103,3 +103,13 @@ def test_pairs_alternate_which_program_goes_first(tiny_model, tokenizer, tmp_pat
         ("pair 2", ladder.Q8_LABEL, "theirs"),
     ]
     assert llamacpp.paired_ratio(rows)["pairs"] == 2
+
+
+def test_a_crashing_llama_bench_says_so_and_what_to_try(tmp_path):
+    """A native build of llama-bench crashed (SIGSEGV, no message) on an Intel Xeon with AMX where the AVX2 build
+    ran: the error names the signal and suggests --isa avx2, instead of an empty message."""
+    fake = tmp_path / "llama-bench"
+    fake.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError, match=r"crashed .*signal 11, SIGSEGV.*--isa avx2"):
+        llamacpp.bench(fake, tmp_path / "model.gguf", threads=2, new_tokens=8, depth=4, repeats=1)
