@@ -72,18 +72,17 @@ def find_bench(isa: str = "native") -> Path | None:
 
 def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if not done.returncode:
+        return done
+    command, output = " ".join(map(str, cmd[:3])), (done.stderr or done.stdout)[-1500:]
     if done.returncode < 0:  # killed by a signal: a crash prints nothing of its own
         name = signal.Signals(-done.returncode).name if -done.returncode in signal.valid_signals() else "?"
         raise RuntimeError(
-            f"{what} crashed ({' '.join(map(str, cmd[:3]))} ...: signal {-done.returncode}, {name}). A build for "
-            "this CPU's newest instructions can crash where an older set runs: try again with --isa avx2 (both "
-            f"programs built for AVX2 only).\n{(done.stderr or done.stdout)[-1500:]}"
+            f"{what} crashed ({command} ...: signal {-done.returncode}, {name}). A build for this CPU's newest "
+            f"instructions can crash where an older set runs: try again with --isa avx2 (both programs built for "
+            f"AVX2 only).\n{output}"
         )
-    if done.returncode:
-        raise RuntimeError(
-            f"{what} failed ({' '.join(map(str, cmd[:3]))} ...):\n{(done.stderr or done.stdout)[-1500:]}"
-        )
-    return done
+    raise RuntimeError(f"{what} failed ({command} ...):\n{output}")
 
 
 def sources() -> Path:
