@@ -175,6 +175,16 @@ def kv_bytes_per_step(config, batch: int, positions: float, element_size: int) -
     return 2 * config.n_layer * config.n_embd * positions * batch * element_size
 
 
+def step_flops(config, batch: int, positions: float) -> float:
+    """Arithmetic (FLOPs, a multiply-add counting 2) of one GPT-2 decode step for ``batch`` sequences at
+    ``positions`` cached tokens: each weight of the products (12 C^2 a layer, and the output layer's V x C)
+    multiplies once per sequence, and attention takes 4 C FLOPs per cached position a layer (scores, then the
+    weighted sum of values)."""
+    c, n_layer = config.n_embd, config.n_layer
+    weights = 12 * c * c * n_layer + config.vocab_size * c
+    return batch * (2 * weights + 4 * n_layer * c * positions)
+
+
 def _memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "peak CUDA memory allocated"

@@ -116,6 +116,28 @@ def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True
     return rows
 
 
+def batch_rows(base, batches, kind: str = "bf16"):
+    """(label, make a FastGPT2, batch) for each batch of ``batches`` (GPU): the compiled step and the batched Triton
+    step (``fastgen.batched_step``), both with ``GRAPH_STEPS`` decode steps per CUDA graph."""
+    rows = []
+    for b in batches:
+        rows.append(
+            (
+                f"FastGPT2, {kind}, compiled, {GRAPH_STEPS} steps per CUDA graph, batch {b}",
+                lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels=False),
+                b,
+            )
+        )
+        rows.append(
+            (
+                f"FastGPT2, {kind}, batched Triton step, {GRAPH_STEPS} steps per CUDA graph, batch {b}",
+                lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels=True),
+                b,
+            )
+        )
+    return rows
+
+
 def run(
     model_name: str = "gpt2-124m-random",
     *,
@@ -125,8 +147,11 @@ def run(
     device=None,
     progress: bool = True,
     persistent: bool = False,
+    batches: tuple[int, ...] = (),
 ) -> list[dict]:
-    """Measure every row of the ladder on ``device`` and return the records (ratios filled in)."""
+    """Measure every row of the ladder on ``device`` and return the records (ratios filled in). ``batches``
+    (GPU): also the compiled and the batched Triton step at each of these batches, with the GPU's measured bf16
+    matrix-product throughput in their records (for the roofline)."""
     quiet()
     dev = torch.device(device or devices.pick())
     on_gpu = dev.type == "cuda"
@@ -139,8 +164,13 @@ def run(
     bw = devices.bandwidth(dev)
     records = []
     short = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(half.value, "fp32")
-    rows = _rows(hf32, hf16, on_gpu, half=short, triton_step=bool(step), persistent=persistent)
-    for label, model, make, kind in tqdm(rows, desc="ladder", disable=not progress):
+    rows = [(*row, 1) for row in _rows(hf32, hf16, on_gpu, half=short, triton_step=bool(step), persistent=persistent)]
+    if batches and not (on_gpu and step):
+        print("ladder: no batch rows: the batched Triton step runs on GPUs where the Triton step was checked")
+    elif batches:
+        rows += [(label, hf16, make, "fast", b) for label, make, b in batch_rows(hf16, batches, short)]
+    peak = devices.matmul_flops(dev, half.value) if batches and on_gpu else None
+    for label, model, make, kind, batch in tqdm(rows, desc="ladder", disable=not progress):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             made = make()
@@ -150,6 +180,7 @@ def run(
                 tok,
                 prompt_len=prompt_len,
                 new_tokens=new_tokens,
+                batch=batch,
                 warmup=2,
                 repeats=repeats,
                 generate_fn=fn,
@@ -158,6 +189,9 @@ def run(
                 bandwidth=bw,
                 model_bytes=made.weight_bytes() if kind == "fast" else None,
             )
+        if batch > 1:
+            rec["peak_flops"] = peak  # the GPU's measured matrix-product throughput in this dtype (FLOP/s)
+            rec["flops_per_step"] = bench.step_flops(model.config, batch, prompt_len + new_tokens / 2)
         if not on_gpu:
             rec["cpu"] = devices.cpu_summary()  # the targets line names the CPU with its instruction sets
         records.append(rec)
@@ -182,6 +216,8 @@ def table(records: list[dict]) -> str:
 def verdict(records: list[dict]) -> list[str]:
     """The workbook's targets (WORKBOOK.md section 4), checked against this run."""
     first = records[0]["decode_tok_s"]
+    batched = [r for r in records if r.get("batch", 1) > 1]  # the batch rows (--batches) have targets of their own
+    records = [r for r in records if r.get("batch", 1) == 1]
     if records[0]["device"] == "cuda":
         fast = max((r for r in records if r["label"].startswith("FastGPT2, bf16")), key=lambda r: r["decode_tok_s"])
         best_hf = max(r["decode_tok_s"] for r in records if r["label"].startswith("generate()"))
@@ -200,12 +236,34 @@ def verdict(records: list[dict]) -> list[str]:
             checks.append(_ttft_check(fast, best_first))
         else:  # recorded before the prompt's pass was replayed from a CUDA graph: the target came later
             checks.append(("time to first token: this run predates that target (no spread recorded)", None))
+        checks += _batch_checks(batched)
     else:
         best = max(records[1:], key=lambda r: r["decode_tok_s"])
         ratio = best["decode_tok_s"] / first
         where = records[0].get("cpu") or records[0].get("device_name", "this CPU")  # the CPU with its instruction sets
         checks = [(f"fastest ({best['label']}) {ratio:.2f}x generate() fp32 eager >= 4x, on {where}", ratio >= 4)]
     return [f"[{'not checked' if ok is None else 'met' if ok else 'NOT met'}] {text}" for text, ok in checks]
+
+
+def _batch_checks(rows: list[dict]) -> list[tuple[str, bool]]:
+    """At each batch of the run, the batched Triton step ahead of the compiled step (both medians, with the
+    slowest and fastest runs)."""
+    checks = []
+    for b in sorted({r["batch"] for r in rows}):
+        at = [r for r in rows if r["batch"] == b]
+        mine = next((r for r in at if "batched Triton step" in r["label"]), None)
+        other = next((r for r in at if ", compiled," in r["label"]), None)
+        if mine and other:
+            speeds = [
+                f"{r['decode_tok_s']:,.0f} ({r['decode_tok_s_min']:,.0f}-{r['decode_tok_s_max']:,.0f})"
+                for r in (mine, other)
+            ]
+            text = (
+                f"batch {b}: batched Triton step {speeds[0]} tokens/s ahead of the compiled step's {speeds[1]} "
+                f"({mine['decode_tok_s'] / other['decode_tok_s']:.2f}x)"
+            )
+            checks.append((text, mine["decode_tok_s"] > other["decode_tok_s"]))
+    return checks
 
 
 def _ttft_check(fast: dict, best: dict) -> tuple[str, bool]:
@@ -255,6 +313,13 @@ def main(argv=None) -> None:
         "--record", action="store_true", help="keep the rows in results/recorded/ladder--<device>.jsonl (committed)"
     )
     parser.add_argument(
+        "--batches",
+        type=_at_least(2),
+        nargs="+",
+        default=[],
+        help="on a GPU, also the compiled and the batched Triton step at these batches (e.g. --batches 8 64)",
+    )
+    parser.add_argument(
         "--persistent",
         action="store_true",
         help="on a GPU, add the row of the persistent Triton step (fastgen.persistent_step; opt-in until timed)",
@@ -283,6 +348,7 @@ def main(argv=None) -> None:
         repeats=args.repeats,
         device=args.device,
         persistent=args.persistent,
+        batches=tuple(args.batches),
     )
     kind = records[0]["device"]
     print(

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import capability, q8, quant
-from . import cpu_step, persistent_step, policy, triton_step
+from . import batched_step, cpu_step, persistent_step, policy, triton_step
 from .model import Decoder, Linear
 
 STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positions
@@ -227,8 +227,8 @@ class FastGPT2(nn.Module):
         return self._decode
 
     def greedy_step(self):
-        """The greedy step for the current batch: at batch 1 when ``kernels``, the C++ step (q8_0 weights) or the
-        Triton step (GPU), else the model's."""
+        """The greedy step for the current batch: when ``kernels``, at batch 1 the C++ step (q8_0 weights), the
+        persistent step or the Triton step (GPU), and for a batch the batched Triton step; else the model's."""
         if self._greedy is None:
             if self.kernels and self.model.batch == 1 and self.int8 == "q8_0":
                 self._greedy = cpu_step.CppStep(self.model, self._tok, self._pos, self._out)
@@ -236,6 +236,8 @@ class FastGPT2(nn.Module):
                 self._greedy = persistent_step.PersistentStep(self.model, self._tok, self._pos, self._out)
             elif self.kernels and self.model.batch == 1:
                 self._greedy = triton_step.TritonStep(self.model, self._tok, self._pos, self._out)
+            elif self.kernels and self.int8 != "q8_0":  # a batch: tensor-core products (batched_step)
+                self._greedy = batched_step.BatchedStep(self.model, self._tok, self._pos, self._out)
             else:
                 self._greedy = ModelStep(self._step(), self._tok, self._pos, self._out)
         return self._greedy
@@ -263,7 +265,7 @@ class FastGPT2(nn.Module):
         if t < input_ids.shape[1]:  # _prepare dropped one sequence's left padding: decode without, put it back
             out = self.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
             return torch.cat([input_ids[:, : input_ids.shape[1] - t].to(self.device), out], 1)
-        if temperature == 0 and (self.graph_steps > 1 or (self.kernels and b == 1)):
+        if temperature == 0 and (self.graph_steps > 1 or (self.kernels and (b == 1 or self.int8 != "q8_0"))):
             return self._generate_in_place(ids, total)
         out = torch.empty(b, total, dtype=torch.long, device=self.device)
         out[:, :t] = ids

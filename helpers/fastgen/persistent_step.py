@@ -44,7 +44,7 @@ import math
 
 import torch
 
-from .triton_step import _jit, _layer_norm, tl, triton
+from .triton_step import _jit, _layer_norm, gelu_tanh, tl, triton
 
 # one row of the table per layer: each tensor's offset (elements) from the output layer's weight
 ADDRESS_COLUMNS = (
@@ -252,8 +252,7 @@ def _mlp_stage(
         both = hid_ok[:, None] & col_ok[None, :]  # (CHUNK, BLOCK_K)
         w_in = tl.load(fc_w + hid[:, None] * C + cols[None, :], mask=both, other=0.0)  # (CHUNK, BLOCK_K)
         h = tl.sum(w_in.to(f32) * xn[None, :], 1) + tl.load(fc_b + hid, mask=hid_ok, other=0.0).to(f32)  # (CHUNK,)
-        u = 0.7978845608028654 * (h + 0.044715 * h * h * h)  # GPT-2's tanh GELU, tanh(u) = 1 - 2 / (exp(2u) + 1)
-        h = tl.where(hid_ok, 0.5 * h * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)), 0.0)  # (CHUNK,)
+        h = tl.where(hid_ok, gelu_tanh(h), 0.0)  # (CHUNK,) GPT-2's tanh GELU
         # out's columns for these hidden units, read as rows of CHUNK neighbours (contiguous in memory)
         w_out = tl.load(out_w + cols[:, None] * (4 * C) + hid[None, :], mask=both.T, other=0.0)  # (BLOCK_K, CHUNK)
         y += tl.sum(w_out.to(f32) * h[None, :], 1)  # (BLOCK_K,)

@@ -74,6 +74,14 @@ def _layer_norm(x, gamma, beta, col_ok, K: tl.constexpr, eps):
 
 
 @_jit
+def gelu_tanh(h):
+    """GPT-2's tanh GELU, ``0.5 h (1 + tanh(u))`` with ``u = sqrt(2 / pi) (h + 0.044715 h^3)``, written with
+    ``tanh(u) = 1 - 2 / (exp(2u) + 1)`` (Triton has ``exp``; the form stays finite for large ``|u|``)."""
+    u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+    return 0.5 * h * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+
+
+@_jit
 def _rowdot_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr, ln_w_ptr, ln_b_ptr, tok_ptr, pos_ptr, wte_ptr, wpe_ptr,
     k_ptr, v_ptr, cache_stride, next_ptr, next_bias_ptr, zero_ptr, part_ptr, n_parts, count_ptr, out_ptr,
@@ -205,8 +213,7 @@ def _mlp_kernel(
         gdc_wait()
     x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
     h = tl.sum(w_in.to(tl.float32) * _layer_norm(x, gamma, beta, col_ok, K, eps)[None, :], 1) + b_in
-    u = 0.7978845608028654 * (h + 0.044715 * h * h * h)  # GPT-2's tanh GELU, tanh(u) = 1 - 2 / (exp(2u) + 1)
-    h = tl.where(hid_ok, 0.5 * h * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)), 0.0)
+    h = tl.where(hid_ok, gelu_tanh(h), 0.0)  # GPT-2's tanh GELU
     y = tl.sum(w_out.to(tl.float32) * h[:, None], 0)
     if pid == 0:
         y += x + tl.load(out_b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)

@@ -1,0 +1,275 @@
+"""The hand-written decode step for a batch of sequences: GPT-2's greedy token for B sequences at once, in
+Triton kernels whose products run on tensor cores (``tl.dot``).
+
+At batch 1 a product multiplies each weight once (``triton_step``: a row of weights times one vector, on the
+ordinary cores). A batch of B sequences multiplies each weight B times, and the same bytes then carry B times
+the arithmetic: a tile of weights read once is multiplied by a tile of B rows of activations, which is a small
+matrix product, the work tensor cores do. Five kernels a layer plus one:
+
+1. ``_linear_kernel`` with ``QKV``: LayerNorm + the q, k, v product; keys and values go straight into the cache
+   (the first layer's also gathers the tokens' embeddings, ``EMBED``);
+2. ``_attention_kernel``: one (sequence, head) pair per program, the online softmax over the cache;
+3. ``_linear_kernel``: the output projection, added to the residual (``RESIDUAL``);
+4. ``_linear_kernel`` with ``GELU``: LayerNorm + the MLP's first product + GELU;
+5. ``_linear_kernel``: the MLP's second product, added to the residual;
+
+and last ``_linear_kernel`` with ``ARGMAX``: the output layer, whose last program to finish picks each
+sequence's token. LayerNorm is applied to each tile of activations as the product reads it (the row's mean and
+spread are computed first, from the L2 cache); the residual stays in fp32, products take their inputs in the
+weights' dtype and sum in fp32, as the eager step's do. Sequences may be left-padded (``Decoder.pad``): a
+sequence's positions count from its first real token, and its attention skips the padding.
+
+On a CPU the kernels run in Triton's interpreter, slowly but the same code, which is how the tests check them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import capability
+from .triton_step import _jit, gdc_launch_dependents, gdc_wait, gelu_tanh, tl, triton
+
+# Launch configuration: output rows per program for each product (the products of 768 outputs take smaller
+# tiles, so that more programs share the reading), values of the summed dimension per tile, warps.
+BLOCK_N = {"qkv": 64, "proj": 32, "fc": 64, "out": 32, "head": 64}
+BLOCK_K = 64  # values of the summed dimension per tile of a product
+MAX_BLOCK_B = 64  # sequences per tile; larger batches take several tiles (programs along the grid's 2nd axis)
+BLOCK_L = 64  # cached positions per block of the attention's loop
+NUM_WARPS = 4
+PDL = True  # programmatic dependent launch on GPUs that have it (compute capability 9.0, Hopper, and later)
+
+
+@_jit
+def _row_stats(x_ptr, rows, row_ok, K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, eps):
+    """Mean and 1/standard deviation of each of the rows ``rows`` of ``x`` (B, K) fp32, for LayerNorm: two passes
+    over K (the mean first, then the spread around it, as the eager LayerNorm computes it)."""
+    total = tl.zeros([BLOCK_B], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        ok = row_ok[:, None] & (cols < K)[None, :]
+        total += tl.sum(tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=ok, other=0.0), 1)
+    mean = total / K  # (BLOCK_B,)
+    spread = tl.zeros([BLOCK_B], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        ok = row_ok[:, None] & (cols < K)[None, :]
+        d = tl.where(ok, tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=ok, other=0.0) - mean[:, None], 0.0)
+        spread += tl.sum(d * d, 1)
+    return mean, 1.0 / tl.sqrt(spread / K + eps)
+
+
+@_jit
+def _linear_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr, ln_w_ptr, ln_b_ptr, tok_ptr, pos_ptr, pad_ptr, wpe_ptr, k_ptr, v_ptr,
+    cache_stride, part_ptr, n_parts, count_ptr, out_ptr, out_stride, B, N, eps,
+    K: tl.constexpr, HEAD_DIM: tl.constexpr, LN: tl.constexpr, EMBED: tl.constexpr, QKV: tl.constexpr,
+    GELU: tl.constexpr, RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+    PDL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """``y = f(LN(x) @ w.T + bias)`` for BLOCK_B rows of ``x`` (B, K) and BLOCK_N rows of ``w`` (N, K): rows
+    block ``program_id(1)``, output block ``program_id(0)``.
+
+    LN: normalize x's rows with ``ln_w``, ``ln_b``. EMBED (with QKV, the first layer): x's rows are the tokens'
+    embeddings ``w_tok[tok] + wpe[pos - pad]``, where ``w_tok`` is ``x_ptr`` (the output layer's weight, tied to
+    the embedding) and program (0, ·) writes them to ``y_ptr``, the residual. QKV: q goes to ``part_ptr`` (B, K),
+    k and v into the cache at ``pos``. GELU: ``y = gelu(...)``. RESIDUAL: ``y += y`` as it was (the residual,
+    summed in place). ARGMAX (the output layer): each program writes the best logit and row of each of its
+    sequences to ``part`` (2, B, n_parts); the last program to finish picks each sequence's token, writes it at
+    ``pos + 1`` of ``out`` and into ``tok``, and advances ``pos``.
+    """
+    pid_n, pid_b = tl.program_id(0), tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,) sequences
+    outs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) rows of w: outputs
+    row_ok, out_ok = rows < B, outs < N
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    pos = tl.load(pos_ptr)
+    if EMBED:
+        tok = tl.load(tok_ptr + rows, mask=row_ok, other=0)  # (BLOCK_B,)
+        at = tl.maximum(pos - tl.load(pad_ptr + rows, mask=row_ok, other=0), 0)  # (BLOCK_B,) positions
+        if pid_n == 0:  # the residual: the tokens' embeddings
+            for k0 in range(0, K, BLOCK_K):
+                cols = k0 + tl.arange(0, BLOCK_K)
+                ok = row_ok[:, None] & (cols < K)[None, :]
+                e = tl.load(x_ptr + tok[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+                e += tl.load(wpe_ptr + at[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+                tl.store(y_ptr + rows[:, None] * K + cols[None, :], e, mask=ok)
+    if LN:
+        if EMBED:  # the statistics of the embeddings, from the weights (the residual is being written)
+            total = tl.zeros([BLOCK_B], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                cols = k0 + tl.arange(0, BLOCK_K)
+                ok = row_ok[:, None] & (cols < K)[None, :]
+                e = tl.load(x_ptr + tok[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+                total += tl.sum(e + tl.load(wpe_ptr + at[:, None] * K + cols[None, :], mask=ok, other=0.0), 1)
+            mean = total / K
+            spread = tl.zeros([BLOCK_B], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                cols = k0 + tl.arange(0, BLOCK_K)
+                ok = row_ok[:, None] & (cols < K)[None, :]
+                e = tl.load(x_ptr + tok[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+                e += tl.load(wpe_ptr + at[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+                d = tl.where(ok, e - mean[:, None], 0.0)
+                spread += tl.sum(d * d, 1)
+            rstd = 1.0 / tl.sqrt(spread / K + eps)
+        else:
+            mean, rstd = _row_stats(x_ptr, rows, row_ok, K, BLOCK_B, BLOCK_K, eps)  # (BLOCK_B,) each
+    acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+        col_ok = cols < K
+        ok = row_ok[:, None] & col_ok[None, :]
+        if EMBED:
+            x = tl.load(x_ptr + tok[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            x += tl.load(wpe_ptr + at[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        else:
+            x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        if LN:  # (BLOCK_B, BLOCK_K): normalized as the product reads it
+            gamma = tl.load(ln_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            beta = tl.load(ln_b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            x = tl.where(ok, (x - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :], 0.0)
+        w = tl.load(w_ptr + outs[:, None] * K + cols[None, :], mask=out_ok[:, None] & col_ok[None, :], other=0.0)
+        if IEEE:  # fp32 weights: fp32 products (tensor cores would round the inputs to tf32)
+            acc += tl.dot(x, tl.trans(w).to(tl.float32), input_precision="ieee")  # (BLOCK_B, BLOCK_N)
+        else:  # the weights' dtype in, fp32 sums out, as the eager step's products
+            acc += tl.dot(x.to(w.dtype), tl.trans(w))  # (BLOCK_B, BLOCK_N)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + outs, mask=out_ok, other=0.0).to(tl.float32)[None, :]
+    ok = row_ok[:, None] & out_ok[None, :]  # (BLOCK_B, BLOCK_N)
+    if QKV:
+        which = outs // K  # (BLOCK_N,) 0: q, 1: k, 2: v
+        j = outs - which * K  # the output within q, k or v
+        head = j // HEAD_DIM
+        at = head * cache_stride + pos * HEAD_DIM + (j - head * HEAD_DIM)  # (BLOCK_N,) places in a sequence's cache
+        seq = rows[:, None] * (cache_stride * (K // HEAD_DIM))  # (BLOCK_B, 1) where each sequence's cache starts
+        tl.store(part_ptr + rows[:, None] * K + j[None, :], acc, mask=ok & (which == 0)[None, :])
+        tl.store(k_ptr + seq + at[None, :], acc.to(k_ptr.dtype.element_ty), mask=ok & (which == 1)[None, :])
+        tl.store(v_ptr + seq + at[None, :], acc.to(v_ptr.dtype.element_ty), mask=ok & (which == 2)[None, :])
+    elif ARGMAX:
+        y = tl.where(ok, acc, float("-inf"))
+        top = tl.max(y, 1)  # (BLOCK_B,) each sequence's best logit in this block of rows
+        best = pid_n * BLOCK_N + tl.argmax(y, 1)  # (BLOCK_B,) its row
+        tl.store(part_ptr + rows * n_parts + pid_n, top, mask=row_ok)
+        tl.store(part_ptr + (B + rows) * n_parts + pid_n, best.to(tl.float32), mask=row_ok)  # exact below 2**24
+        tl.debug_barrier()  # every thread's stores before the count (released by the atomic)
+        n_programs = n_parts * tl.num_programs(1)
+        if tl.atomic_add(count_ptr, 1, sem="acq_rel") == n_programs - 1:  # the last program: the tokens
+            parts = tl.arange(0, BLOCK_P)
+            for b in range(0, B):
+                tops = tl.load(part_ptr + b * n_parts + parts, mask=parts < n_parts, other=float("-inf"), volatile=True)
+                token = tl.load(part_ptr + (B + b) * n_parts + tl.argmax(tops, 0), volatile=True).to(tl.int64)
+                tl.store(out_ptr + b * out_stride + pos + 1, token)
+                tl.store(tok_ptr + b, token)
+            tl.store(pos_ptr, pos + 1)
+            tl.store(count_ptr, 0)
+    else:
+        where = y_ptr + rows[:, None] * N + outs[None, :]  # (BLOCK_B, BLOCK_N)
+        if GELU:
+            acc = gelu_tanh(acc)
+        if RESIDUAL:  # each element is read and written by this program alone
+            acc += tl.load(where, mask=ok, other=0.0).to(tl.float32)
+        tl.store(where, acc.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@_jit
+def _attention_kernel(
+    q_ptr, k_ptr, v_ptr, y_ptr, pos_ptr, pad_ptr, cache_stride, scale,
+    K: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """Attention of sequence ``program_id(0)``'s head ``program_id(1)``: its query (from ``q`` (B, K)) over its
+    cached positions pad..pos (the online softmax, a block of positions at a time), written to ``y`` (B, K)."""
+    b, head = tl.program_id(0), tl.program_id(1)
+    n_head = K // HEAD_DIM
+    d = tl.arange(0, HEAD_DIM)  # (HEAD_DIM,)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    pos, first = tl.load(pos_ptr), tl.load(pad_ptr + b)
+    q = tl.load(q_ptr + b * K + head * HEAD_DIM + d) * scale  # (HEAD_DIM,)
+    base = (b * n_head + head) * cache_stride
+    m = tl.full([], -1e30, tl.float32)  # the running maximum of the scores
+    total = tl.zeros([], tl.float32)  # the running sum of exp(score - m)
+    acc = tl.zeros([HEAD_DIM], tl.float32)  # (HEAD_DIM,) the running weighted sum of values
+    for start in range(0, pos + 1, BLOCK_L):
+        at = start + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
+        ok = (at <= pos) & (at >= first)
+        offs = base + at[:, None] * HEAD_DIM + d[None, :]  # (BLOCK_L, HEAD_DIM)
+        k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
+        s = tl.where(ok, tl.sum(k * q[None, :], 1), -1e30)  # (BLOCK_L,) scores
+        top = tl.maximum(m, tl.max(s, 0))
+        p = tl.where(ok, tl.exp(s - top), 0.0)  # (BLOCK_L,)
+        shrink = tl.exp(m - top)
+        total = total * shrink + tl.sum(p, 0)
+        acc = acc * shrink + tl.sum(p[:, None] * v, 0)
+        m = top
+    tl.store(y_ptr + b * K + head * HEAD_DIM + d, (acc / total).to(y_ptr.dtype.element_ty))
+
+
+class BatchedStep:
+    """One greedy decode step of ``decoder`` for its whole batch in Triton kernels, with the interface of the
+    Triton step (``triton_step.TritonStep``): calling it reads the tokens ``tok`` (B, 1) at position ``pos`` (1,),
+    writes the keys and values at ``pos``, each sequence's next token at ``pos + 1`` of ``out`` (B, L) and into
+    ``tok``, and advances ``pos``. Everything stays on the device, so steps can be captured in a CUDA graph.
+
+    The decoder's caches must be set up (``Decoder.setup_caches``) before a step runs; its weights must be float.
+    """
+
+    def __init__(self, decoder, tok: torch.Tensor, pos: torch.Tensor, out: torch.Tensor):
+        if triton is None:
+            raise RuntimeError("The batched step needs Triton (it comes with PyTorch's CUDA builds).")
+        if decoder.kv_int8:
+            raise ValueError("The batched step reads a float KV cache.")
+        self.decoder, self.tok, self.pos, self.out = decoder, tok, pos, out
+        cfg, device, dtype = decoder.config, decoder.wpe.weight.device, decoder.wpe.weight.dtype
+        b, c = decoder.batch, cfg.n_embd
+        self.block_b = min(MAX_BLOCK_B, max(16, triton.next_power_of_2(b)))  # tl.dot takes at least 16 rows
+        f32 = dict(device=device, dtype=torch.float32)
+        self.x = torch.zeros(b, c, **f32)  # (B, C) the residual, summed in place
+        self.q = torch.zeros(b, c, **f32)  # (B, C)
+        self.att = torch.zeros(b, c, device=device, dtype=dtype)  # (B, C) the attention's output, before proj
+        self.h = torch.zeros(b, 4 * c, device=device, dtype=dtype)  # (B, 4C) the MLP's hidden units, after GELU
+        self.n_parts = triton.cdiv(cfg.vocab_size, BLOCK_N["head"])  # programs along the output layer's rows
+        self.best = torch.zeros(2, b, self.n_parts, **f32)  # each program's best logit and row, per sequence
+        self.count = torch.zeros(1, dtype=torch.int32, device=device)
+        self.ieee = dtype == torch.float32
+        self.pdl = PDL and device.type == "cuda" and bool(capability.pdl(capability.capability(device)))
+
+    def _linear(self, site, x, layer, y, *, ln=None, embed=False, qkv=None, gelu=False, residual=False):
+        d, w = self.decoder, layer.weight
+        n, k = w.shape
+        b = d.batch
+        kv = qkv or (w, w)
+        grid = (triton.cdiv(n, BLOCK_N[site]), triton.cdiv(b, self.block_b))
+        _linear_kernel[grid](
+            x, w, w if layer.bias is None else layer.bias, y, w if ln is None else ln.weight,
+            w if ln is None else ln.bias, self.tok, self.pos, d.pad, d.wpe.weight, kv[0], kv[1],
+            d.length * (k // d.config.n_head), self.q if qkv else self.best, self.n_parts, self.count, self.out,
+            self.out.stride(0), b, n, 1e-5 if ln is None else ln.eps,
+            K=k, HEAD_DIM=k // d.config.n_head, LN=ln is not None, EMBED=embed, QKV=qkv is not None, GELU=gelu,
+            RESIDUAL=residual, ARGMAX=site == "head", HAS_BIAS=layer.bias is not None, IEEE=self.ieee,
+            PDL=self.pdl, BLOCK_B=self.block_b, BLOCK_N=BLOCK_N[site], BLOCK_K=BLOCK_K,
+            BLOCK_P=triton.next_power_of_2(self.n_parts), num_warps=NUM_WARPS,
+            **({"launch_pdl": True} if self.pdl else {}),
+        )  # fmt: skip
+
+    def __call__(self) -> None:
+        d, cfg = self.decoder, self.decoder.config
+        c, head_dim = cfg.n_embd, cfg.n_embd // cfg.n_head
+        pdl = {"launch_pdl": True} if self.pdl else {}
+        for i, block in enumerate(d.blocks):
+            cache = (block.cache.k, block.cache.v)  # (B, H, L, D) each
+            source = d.head.weight if i == 0 else self.x  # the first layer gathers the tokens' embeddings
+            self._linear("qkv", source, block.qkv, self.x, ln=block.ln_1, embed=i == 0, qkv=cache)
+            _attention_kernel[(d.batch, cfg.n_head)](
+                self.q, *cache, self.att, self.pos, d.pad, d.length * head_dim, 1 / math.sqrt(head_dim),
+                K=c, HEAD_DIM=head_dim, BLOCK_L=BLOCK_L, PDL=self.pdl, num_warps=NUM_WARPS, **pdl,
+            )  # fmt: skip
+            self._linear("proj", self.att, block.proj, self.x, residual=True)
+            self._linear("fc", self.x, block.fc, self.h, ln=block.ln_2, gelu=True)
+            self._linear("out", self.h, block.out, self.x, residual=True)
+        self._linear("head", self.x, d.head, self.x, ln=d.ln_f)  # writes tokens, not y

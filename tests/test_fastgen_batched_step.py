@@ -1,0 +1,90 @@
+"""helpers.fastgen's batched decode step (tensor-core products for a batch of sequences), against the eager
+decoder. Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by ``conftest.py``),
+on a tiny GPT-2 shaped so that every mechanism runs: products over several tiles of the summed dimension and of
+the outputs, attention over several blocks of the cache, left-padded sequences, more sequences than one tile
+(the grid's second axis), and the output layer's argmax split over programs."""
+
+import os
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+pytest.importorskip("triton", reason="Triton installs with the dev extra on Linux x86-64 only")
+if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    pytest.skip("the kernels need a CUDA GPU or Triton's interpreter (TRITON_INTERPRET=1)", allow_module_level=True)
+
+from helpers import fastgen  # noqa: E402  (after the interpreter flag: the kernels are defined at import)
+from helpers.fastgen import batched_step  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def sharp_model():
+    """A 2-layer GPT-2 with sharp attention and LayerNorm parameters away from 1 and 0."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(10)
+    return model.to(DEV)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles smaller than the model, so that every loop runs more than once and rows split over programs."""
+    monkeypatch.setattr(batched_step, "BLOCK_K", 16)
+    monkeypatch.setattr(batched_step, "BLOCK_L", 16)
+    monkeypatch.setattr(batched_step, "MAX_BLOCK_B", 16)
+    monkeypatch.setattr(batched_step, "BLOCK_N", dict.fromkeys(batched_step.BLOCK_N, 16))
+
+
+def _prompts(batch: int, n: int = 34) -> torch.Tensor:
+    return torch.randint(0, 300, (batch, n), generator=torch.Generator().manual_seed(batch)).to(DEV)
+
+
+@pytest.mark.parametrize("batch", [3, 18])  # 18: two tiles of 16 sequences
+def test_the_batched_step_generates_the_eager_decoders_tokens(sharp_model, small_tiles, batch):
+    ids = _prompts(batch)
+    fast = fastgen.FastGPT2(sharp_model, kernels=True)
+    got = fast.generate(ids, 4)  # 38 positions: attention runs over 3 blocks of 16
+    assert isinstance(fast.greedy_step(), batched_step.BatchedStep)
+    assert torch.equal(got, fastgen.FastGPT2(sharp_model, kernels=False).generate(ids, 4))
+
+
+def test_left_padded_sequences_get_the_eager_decoders_tokens(sharp_model, small_tiles):
+    ids = _prompts(4, 12)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # the second prompt is 3 tokens shorter, padded on the left
+    mask[3, :6] = 0
+    got = fastgen.FastGPT2(sharp_model, kernels=True).generate(ids, 6, attention_mask=mask)
+    assert torch.equal(got, fastgen.FastGPT2(sharp_model, kernels=False).generate(ids, 6, attention_mask=mask))
+
+
+def test_one_step_gives_the_eager_residual(sharp_model, small_tiles):
+    decoder = fastgen.Decoder(sharp_model, torch.float32)
+    n, b = 20, 3
+    prompt = _prompts(b, n)
+    decoder.setup_caches(b, 40)
+    decoder(prompt, decoder.arange[:n])
+    tok = torch.tensor([[7], [8], [9]], device=DEV)
+    pos, out = torch.tensor([n], device=DEV), torch.zeros(b, 40, dtype=torch.long, device=DEV)
+    step = batched_step.BatchedStep(decoder, tok.clone(), pos, out)
+    step()
+    hidden = decoder.hidden(tok, decoder.arange[n : n + 1])[:, -1]  # (B, C) the eager step, same tokens
+    torch.testing.assert_close(step.x, hidden, rtol=1e-4, atol=1e-4)
+    logits = decoder.head(decoder.ln_f(hidden))  # (B, V)
+    assert torch.equal(out[:, n + 1], logits.argmax(-1)) and torch.equal(step.tok[:, 0], logits.argmax(-1))
+    assert pos.item() == n + 1
+
+
+def test_an_int8_cache_is_refused(sharp_model):
+    decoder = fastgen.Decoder(sharp_model, torch.float32)
+    decoder.kv_int8 = True
+    decoder.setup_caches(2, 16)
+    z = torch.zeros(2, 1, dtype=torch.long, device=DEV)
+    with pytest.raises(ValueError, match="float KV cache"):
+        batched_step.BatchedStep(decoder, z, torch.zeros(1, dtype=torch.long, device=DEV), z)
