@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"  # the workbook's notebooks: a recorded tag that names none is a command's (the ladder)
 RECORDED = ROOT / "results" / "recorded"  # committed: runs on other devices, read by notebooks and the README
 _started: set[Path] = set()  # recorded files this process has begun (each run replaces its file)
 
@@ -233,9 +234,13 @@ def _render(notebook, found, columns, headers, device_type) -> str:
     """Recorded rows (``recorded()``'s result) as Markdown tables under their source lines."""
     if not found:
         where = {"cuda": "on a GPU ", "cpu": "on a CPU "}.get(device_type or "", "")
+        if (NOTEBOOKS / f"{notebook}.ipynb").exists():
+            how = f"python -m helpers.execute --record notebooks/{notebook}.ipynb"
+        else:  # a command's records (the ladder, the timeline, the roofline)
+            how = f"python -m helpers.{notebook} --record"
         return (
             f"No run of this {where}has been recorded yet, so there is nothing to show here. (Runs are recorded "
-            f"with `python -m helpers.execute --record notebooks/{notebook}.ipynb` on the device.)"
+            f"with `{how}` on the device.)"
         )
     parts = []
     for file, rows in found.items():

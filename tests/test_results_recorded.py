@@ -71,6 +71,11 @@ def test_a_row_naming_its_device_is_filed_under_it(recorded_dir, monkeypatch):
 
 def test_missing_recorded_run_says_how_to_make_one(recorded_dir):
     assert "has been recorded yet" in results.recorded_markdown("nothing", ["x"], device_type="cuda")
+    # the message names the command that records: a notebook's execution, or a helper's own --record
+    assert "helpers.execute --record notebooks/05_graphs_and_compilation.ipynb" in results.recorded_markdown(
+        "05_graphs_and_compilation", ["x"], device_type="nothing"
+    )
+    assert "`python -m helpers.timeline --record`" in results.recorded_markdown("timeline", ["x"], device_type="x")
 
 
 def test_a_single_run_each_is_no_spread():
