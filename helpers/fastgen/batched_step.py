@@ -29,7 +29,7 @@ import math
 import torch
 
 from .. import capability
-from .triton_step import _jit, gdc_launch_dependents, gdc_wait, gelu_tanh, tl, triton
+from .triton_step import _jit, gdc_launch_dependents, gdc_wait, gelu_tanh, softmax_block, tl, triton
 
 # Launch configuration: output rows per program for each product (the products of 768 outputs take smaller
 # tiles, so that more programs share the reading), values of the summed dimension per tile, warps.
@@ -198,15 +198,9 @@ def _attention_kernel(
         at = start + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
         ok = (at <= pos) & (at >= first)
         offs = base + at[:, None] * HEAD_DIM + d[None, :]  # (BLOCK_L, HEAD_DIM)
-        k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
-        s = tl.where(ok, tl.sum(k * q[None, :], 1), -1e30)  # (BLOCK_L,) scores
-        top = tl.maximum(m, tl.max(s, 0))
-        p = tl.where(ok, tl.exp(s - top), 0.0)  # (BLOCK_L,)
-        shrink = tl.exp(m - top)
-        total = total * shrink + tl.sum(p, 0)
-        acc = acc * shrink + tl.sum(p[:, None] * v, 0)
-        m = top
+        k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)  # (BLOCK_L, HEAD_DIM)
+        v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)  # (BLOCK_L, HEAD_DIM)
+        m, total, acc = softmax_block(q, k, v, ok, m, total, acc)
     tl.store(y_ptr + b * K + head * HEAD_DIM + d, (acc / total).to(y_ptr.dtype.element_ty))
 
 

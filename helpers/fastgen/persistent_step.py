@@ -44,7 +44,7 @@ import math
 
 import torch
 
-from .triton_step import _jit, _layer_norm, gelu_tanh, tl, triton
+from .triton_step import _jit, _layer_norm, gelu_tanh, softmax_block, store_qkv, tl, triton
 
 # one row of the table per layer: each tensor's offset (elements) from the output layer's weight
 ADDRESS_COLUMNS = (
@@ -171,13 +171,7 @@ def _qkv_stage(
         row_ok = (r + tl.arange(0, CHUNK) < ROWS) & (rows < 3 * C)
         w = tl.load(w_ptr + rows[:, None] * C + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         y = tl.sum(w.to(f32) * xn[None, :], 1) + tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(f32)  # (CHUNK,)
-        which = rows // C  # (CHUNK,) 0: q, 1: k, 2: v
-        j = rows - which * C  # (CHUNK,) the row within q, k or v
-        head = j // HEAD_DIM
-        at = head * cache_stride + pos * HEAD_DIM + (j - head * HEAD_DIM)  # (CHUNK,) places in the cache
-        tl.store(q_ptr + j, y, mask=row_ok & (which == 0))
-        tl.store(k_ptr + at, y.to(k_ptr.dtype.element_ty), mask=row_ok & (which == 1))
-        tl.store(v_ptr + at, y.to(v_ptr.dtype.element_ty), mask=row_ok & (which == 2))
+        store_qkv(y, rows, row_ok, q_ptr, k_ptr, v_ptr, pos, cache_stride, C, HEAD_DIM)
 
 
 @_jit
@@ -215,13 +209,7 @@ def _attention_stage(
         offs = head * cache_stride + at[:, None] * HEAD_DIM + d[None, :]  # (BLOCK_L, HEAD_DIM)
         k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0, cache_modifier=".cg").to(f32)  # (BLOCK_L, HEAD_DIM)
         v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0, cache_modifier=".cg").to(f32)  # (BLOCK_L, HEAD_DIM)
-        s = tl.where(ok, tl.sum(k * q[None, :], 1), -1e30)  # (BLOCK_L,) scores
-        top = tl.maximum(m, tl.max(s, 0))
-        p = tl.where(ok, tl.exp(s - top), 0.0)  # (BLOCK_L,)
-        shrink = tl.exp(m - top)
-        total = total * shrink + tl.sum(p, 0)
-        acc = acc * shrink + tl.sum(p[:, None] * v, 0)
-        m = top
+        m, total, acc = softmax_block(q, k, v, ok, m, total, acc)
     y = tl.sum(w.to(f32) * (acc / total)[None, :], 1)  # (TILE,)
     tl.atomic_add(x2_ptr + rows, y, mask=row_ok, sem="relaxed", scope="gpu")
 

@@ -82,6 +82,32 @@ def gelu_tanh(h):
 
 
 @_jit
+def softmax_block(q, k, v, ok, m, total, acc):
+    """One block of cached positions in the online softmax: scores of the query ``q`` (D,) against the keys
+    ``k`` (L, D), positions where ``ok`` (L,) is false left out; the running maximum ``m``, the running sum of
+    exp(score - m) ``total`` and the weighted sum of values ``acc`` (D,) rescaled to the new maximum and updated.
+    After the last block, ``acc / total`` is the attention's output."""
+    s = tl.where(ok, tl.sum(k * q[None, :], 1), -1e30)  # (L,) scores
+    top = tl.maximum(m, tl.max(s, 0))
+    p = tl.where(ok, tl.exp(s - top), 0.0)  # (L,)
+    shrink = tl.exp(m - top)
+    return top, total * shrink + tl.sum(p, 0), acc * shrink + tl.sum(p[:, None] * v, 0)
+
+
+@_jit
+def store_qkv(y, rows, ok, q_ptr, k_ptr, v_ptr, pos, cache_stride, K: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Rows ``rows`` of the q, k, v product (``y``, fp32, with the last axis over rows) where they belong: q's
+    into ``q``, k's and v's into the caches (H, L, D) at position ``pos``, in the caches' dtype."""
+    part = rows // K  # 0: q, 1: k, 2: v
+    j = rows - part * K  # the row within q, k or v
+    head = j // HEAD_DIM
+    at = head * cache_stride + pos * HEAD_DIM + (j - head * HEAD_DIM)  # places in the cache
+    tl.store(q_ptr + j, y, mask=ok & (part == 0))
+    tl.store(k_ptr + at, y.to(k_ptr.dtype.element_ty), mask=ok & (part == 1))
+    tl.store(v_ptr + at, y.to(v_ptr.dtype.element_ty), mask=ok & (part == 2))
+
+
+@_jit
 def _rowdot_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr, ln_w_ptr, ln_b_ptr, tok_ptr, pos_ptr, wte_ptr, wpe_ptr,
     k_ptr, v_ptr, cache_stride, next_ptr, next_bias_ptr, zero_ptr, part_ptr, n_parts, count_ptr, out_ptr,
@@ -123,13 +149,7 @@ def _rowdot_kernel(
     y = tl.sum(w.to(tl.float32) * _layer_norm(x, gamma, beta, col_ok, K, eps)[None, :], 1)
     if QKV:
         y += bias
-        part = rows // K  # 0: q, 1: k, 2: v
-        j = rows - part * K
-        head = j // HEAD_DIM
-        at = head * cache_stride + tl.load(pos_ptr) * HEAD_DIM + (j - head * HEAD_DIM)
-        tl.store(y_ptr + j, y, mask=row_ok & (part == 0))
-        tl.store(k_ptr + at, y.to(k_ptr.dtype.element_ty), mask=row_ok & (part == 1))
-        tl.store(v_ptr + at, y.to(v_ptr.dtype.element_ty), mask=row_ok & (part == 2))
+        store_qkv(y, rows, row_ok, y_ptr, k_ptr, v_ptr, tl.load(pos_ptr), cache_stride, K, HEAD_DIM)
     else:
         tl.store(y_ptr + rows, y, mask=row_ok)
     if ARGMAX:
@@ -180,13 +200,7 @@ def _attention_kernel(
         offs = head * cache_stride + at[:, None] * HEAD_DIM + d[None, :]
         k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
         v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
-        s = tl.where(ok, tl.sum(k * q[None, :], 1), -1e30)
-        top = tl.maximum(m, tl.max(s, 0))
-        p = tl.where(ok, tl.exp(s - top), 0.0)
-        shrink = tl.exp(m - top)
-        total = total * shrink + tl.sum(p, 0)
-        acc = acc * shrink + tl.sum(p[:, None] * v, 0)
-        m = top
+        m, total, acc = softmax_block(q, k, v, ok, m, total, acc)
     y = tl.sum(w.to(tl.float32) * (acc / total)[None, :], 1)
     tl.atomic_add(y_ptr + rows, y, mask=rows < N, sem="relaxed")
 
