@@ -76,7 +76,9 @@ class FastGPT2(nn.Module):
     ``graph_steps > 1``; ``"persistent"`` runs the GPU's step as one persistent kernel a token instead of one
     kernel a stage (``persistent_step``; not yet timed on a GPU, so never chosen by ``"auto"``); with
     ``int8="q8_0"`` the C++ step (``cpu_step``: the whole token in one call), which
-    ``"auto"`` uses with a float KV cache. Other batches and sampling use the model's step (``compile``).
+    ``"auto"`` uses with a float KV cache. Greedy batches of several sequences run the batched Triton step
+    (``batched_step``: products on tensor cores) wherever ``kernels`` is on without ``int8="q8_0"``; sampling
+    uses the model's step (``compile``).
     ``graph_prefill``: the prompt's pass recorded in a CUDA graph, one per prompt shape (``policy.CapturedPrefill``;
     a new shape costs about three eager passes once); ``"auto"`` uses it on a GPU unless the compiler records the
     step's CUDA graphs (the two do not mix). Eager, a short prompt's pass waits on Python launching a few hundred
