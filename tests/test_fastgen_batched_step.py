@@ -88,3 +88,10 @@ def test_an_int8_cache_is_refused(sharp_model):
     z = torch.zeros(2, 1, dtype=torch.long, device=DEV)
     with pytest.raises(ValueError, match="float KV cache"):
         batched_step.BatchedStep(decoder, z, torch.zeros(1, dtype=torch.long, device=DEV), z)
+
+
+def test_batches_take_the_batched_step_only_when_asked_until_it_is_timed(sharp_model, monkeypatch):
+    assert fastgen.FastGPT2(sharp_model, kernels=True).batched
+    assert not fastgen.FastGPT2(sharp_model, kernels=False).batched
+    monkeypatch.setattr(fastgen.generator, "BATCHED_AUTO", False)
+    assert not fastgen.FastGPT2(sharp_model, kernels="persistent").batched  # a batch-1 choice: batches compile
