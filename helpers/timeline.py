@@ -9,9 +9,8 @@ boundary costs time in which the GPU reads nothing (the slowest program of one k
 kernel's programs starting). The profiler sees every kernel's start and end on the GPU's clock, so a token's
 time splits into busy (some kernel running) and idle (none). Notebook 05 draws one token of each step.
 
-``token_profile`` times a ``FastGPT2``'s greedy decoding: it profiles generating ``2 + tokens`` tokens, and
-takes the kernels of the last ``tokens`` tokens (generation ends with the decode steps; copies and fills are
-left out, as they are no kernels of a step).
+``token_profile`` times a ``FastGPT2``'s greedy decoding: it profiles generating 2 tokens and ``2 + tokens``
+tokens, and a step's kernels are those the longer generation runs more often (``decode_kernels``).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import os
 import statistics
 import sys
 import warnings
+from collections import Counter
 
 import torch
 
@@ -43,19 +43,27 @@ def union_us(intervals: list[tuple[float, float]]) -> float:
     return busy
 
 
-def split_tokens(events: list[tuple[str, float, float]], tokens: int) -> list[list[tuple[str, float, float]]]:
-    """The last ``tokens`` tokens' kernels, one list per token: ``events`` (name, start, end), sorted by start, end
-    with the decode steps, and each token runs the same number of kernels."""
-    if tokens < 1 or len(events) < tokens:
-        raise ValueError(f"need at least one kernel per token: {len(events)} kernels for {tokens} tokens")
-    return [list(chunk) for chunk in _chunks(events, tokens)]
+def decode_kernels(
+    short: list[tuple[str, float, float]], long: list[tuple[str, float, float]], tokens: int
+) -> list[list[tuple[str, float, float]]]:
+    """The last ``tokens`` decode tokens' kernels, one list per token, from the profiles of two generations
+    that differ by ``tokens`` decode steps (``short`` and ``long``, each sorted by start).
 
-
-def _chunks(events, tokens):
-    per = len(events) // tokens
-    tail = events[len(events) - per * tokens :]
-    for i in range(tokens):
-        yield tail[i * per : (i + 1) * per]
+    A step's kernels are those whose count grows from one profile to the other (the prompt's pass, the first
+    token's choice and the copies around them run once in both); their added count over ``tokens`` is the
+    kernels a token. This holds for the hand-written steps, whose kernels the prompt's pass never runs."""
+    if tokens < 1:
+        raise ValueError(f"tokens must be at least 1, got {tokens}")
+    count = Counter(name for name, _, _ in long)
+    count.subtract(name for name, _, _ in short)
+    names = {name for name, extra in count.items() if extra > 0}
+    added = sum(count[name] for name in names)
+    if added == 0 or added % tokens:
+        raise ValueError(f"{added} more kernels for {tokens} more tokens: not a whole number of kernels a token")
+    per = added // tokens
+    steps = [e for e in long if e[0] in names]
+    tail = steps[len(steps) - per * tokens :]
+    return [tail[i * per : (i + 1) * per] for i in range(tokens)]
 
 
 def summarize(per_token: list[list[tuple[str, float, float]]]) -> dict:
@@ -99,12 +107,15 @@ def kernel_events(run) -> list[tuple[str, float, float]]:
 
 
 def token_profile(fast, ids: torch.Tensor, tokens: int = 16) -> dict:
-    """``summarize`` of a FastGPT2's last ``tokens`` greedy decode tokens out of ``2 + tokens`` (GPU only)."""
+    """``summarize`` of a FastGPT2's greedy decode tokens: the kernels of generating ``2 + tokens`` tokens
+    against those of generating 2 (``decode_kernels``; GPU only)."""
     if not torch.cuda.is_available():
         raise RuntimeError("token_profile reads the GPU's kernel timeline: it needs a CUDA GPU.")
-    n = 2 + tokens
-    fast.generate(ids, n)  # compile and capture CUDA graphs outside the profile
-    return summarize(split_tokens(kernel_events(lambda: fast.generate(ids, n)), tokens))
+    profiles = []
+    for n in (2, 2 + tokens):
+        fast.generate(ids, n)  # compile and capture CUDA graphs outside the profile
+        profiles.append(kernel_events(lambda n=n: fast.generate(ids, n)))
+    return summarize(decode_kernels(*profiles, tokens))
 
 
 def steps() -> list[tuple[str, dict]]:

@@ -95,3 +95,16 @@ def test_batches_take_the_batched_step_only_when_asked_until_it_is_timed(sharp_m
     assert not fastgen.FastGPT2(sharp_model, kernels=False).batched
     monkeypatch.setattr(fastgen.generator, "BATCHED_AUTO", False)
     assert not fastgen.FastGPT2(sharp_model, kernels="persistent").batched  # a batch-1 choice: batches compile
+
+
+def test_a_sequence_that_sees_no_position_yet_gets_finite_values_and_a_real_token(sharp_model, small_tiles):
+    """CUDA graphs' warm-up runs steps from position 0 while a padded sequence's first real token lies later:
+    its attention sees no position. That must not make NaNs (0 / 0) or a token outside the vocabulary."""
+    decoder = fastgen.Decoder(sharp_model, torch.float32)
+    decoder.setup_caches(2, 40)
+    decoder.pad.copy_(torch.tensor([0, 3], device=DEV))  # the second sequence starts at position 3
+    tok, pos = torch.tensor([[7], [8]], device=DEV), torch.tensor([0], device=DEV)
+    step = batched_step.BatchedStep(decoder, tok, pos, torch.zeros(2, 40, dtype=torch.long, device=DEV))
+    step()
+    assert torch.isfinite(step.x).all() and torch.isfinite(step.att).all()
+    assert 0 <= int(step.tok.min()) and int(step.tok.max()) < sharp_model.config.vocab_size

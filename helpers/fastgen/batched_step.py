@@ -33,11 +33,12 @@ from .triton_step import _jit, gdc_launch_dependents, gdc_wait, gelu_tanh, softm
 
 # Launch configuration: output rows per program for each product (the products of 768 outputs take smaller
 # tiles, so that more programs share the reading), values of the summed dimension per tile, warps.
-BLOCK_N = {"qkv": 64, "proj": 32, "fc": 64, "out": 32, "head": 64}
+BLOCK_N = {"qkv": 64, "proj": 32, "fc": 64, "out": 32, "head": 128}
 BLOCK_K = 64  # values of the summed dimension per tile of a product
 MAX_BLOCK_B = 64  # sequences per tile; larger batches take several tiles (programs along the grid's 2nd axis)
 BLOCK_L = 64  # cached positions per block of the attention's loop
-NUM_WARPS = 4
+NUM_WARPS = 4  # warps per program; 8 for tiles of 64 sequences or more (4 spill registers there, sm_90)
+ARGMAX_ROWS = 8  # sequences whose tokens the output layer's last program picks at a time
 PDL = True  # programmatic dependent launch on GPUs that have it (compute capability 9.0, Hopper, and later)
 
 
@@ -67,21 +68,23 @@ def _linear_kernel(
     K: tl.constexpr, HEAD_DIM: tl.constexpr, LN: tl.constexpr, EMBED: tl.constexpr, QKV: tl.constexpr,
     GELU: tl.constexpr, RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
     PDL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    BLOCK_P: tl.constexpr, ARGMAX_ROWS: tl.constexpr,
 ):  # fmt: skip
     """``y = f(LN(x) @ w.T + bias)`` for BLOCK_B rows of ``x`` (B, K) and BLOCK_N rows of ``w`` (N, K): rows
-    block ``program_id(1)``, output block ``program_id(0)``.
+    block ``program_id(0)``, output block ``program_id(1)`` (the programs of one tile of weights are neighbours,
+    so a batch of several row blocks reads each tile from memory once and then from the L2 cache).
 
     LN: normalize x's rows with ``ln_w``, ``ln_b``. EMBED (with QKV, the first layer): x's rows are the tokens'
     embeddings ``w_tok[tok] + wpe[pos - pad]``, where ``w_tok`` is ``x_ptr`` (the output layer's weight, tied to
     the embedding) and program (0, ·) writes them to ``y_ptr``, the residual. QKV: q goes to ``part_ptr`` (B, K),
     k and v into the cache at ``pos``. GELU: ``y = gelu(...)``. RESIDUAL: ``y += y`` as it was (the residual,
     summed in place). ARGMAX (the output layer): each program writes the best logit and row of each of its
-    sequences to ``part`` (2, B, n_parts); the last program to finish picks each sequence's token, writes it at
-    ``pos + 1`` of ``out`` and into ``tok``, and advances ``pos``.
+    sequences to ``part`` (2, B, n_parts); the last program of each row block to finish (``count[1 + block]``)
+    picks its sequences' tokens, ARGMAX_ROWS at a time, and writes them at ``pos + 1`` of ``out`` and into
+    ``tok``; the last row block to finish (``count[0]``) advances ``pos``.
     """
-    pid_n, pid_b = tl.program_id(0), tl.program_id(1)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,) sequences
+    pid_b, pid_n = tl.program_id(0), tl.program_id(1)
+    rows = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # (BLOCK_B,) sequences
     outs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) rows of w: outputs
     row_ok, out_ok = rows < B, outs < N
     if PDL:
@@ -156,16 +159,24 @@ def _linear_kernel(
         tl.store(part_ptr + rows * n_parts + pid_n, top, mask=row_ok)
         tl.store(part_ptr + (B + rows) * n_parts + pid_n, best.to(tl.float32), mask=row_ok)  # exact below 2**24
         tl.debug_barrier()  # every thread's stores before the count (released by the atomic)
-        n_programs = n_parts * tl.num_programs(1)
-        if tl.atomic_add(count_ptr, 1, sem="acq_rel") == n_programs - 1:  # the last program: the tokens
+        if tl.atomic_add(count_ptr + 1 + pid_b, 1, sem="acq_rel") == n_parts - 1:  # this row block's last program
             parts = tl.arange(0, BLOCK_P)
-            for b in range(0, B):
-                tops = tl.load(part_ptr + b * n_parts + parts, mask=parts < n_parts, other=float("-inf"), volatile=True)
-                token = tl.load(part_ptr + (B + b) * n_parts + tl.argmax(tops, 0), volatile=True).to(tl.int64)
-                tl.store(out_ptr + b * out_stride + pos + 1, token)
-                tl.store(tok_ptr + b, token)
-            tl.store(pos_ptr, pos + 1)
-            tl.store(count_ptr, 0)
+            for r in tl.static_range(0, BLOCK_B, ARGMAX_ROWS):
+                seqs = pid_b * BLOCK_B + r + tl.arange(0, ARGMAX_ROWS)  # (ARGMAX_ROWS,)
+                s_ok = seqs < B
+                both = s_ok[:, None] & (parts < n_parts)[None, :]
+                where = part_ptr + seqs[:, None] * n_parts + parts[None, :]  # (ARGMAX_ROWS, BLOCK_P)
+                tops = tl.load(where, mask=both, other=float("-inf"), volatile=True)
+                tops = tl.where(tops == tops, tops, float("-inf"))  # a NaN logit never wins
+                at = seqs * n_parts + tl.argmax(tops, 1)  # (ARGMAX_ROWS,) where each best part's row lies
+                token = tl.load(part_ptr + B * n_parts + at, mask=s_ok, other=0.0, volatile=True).to(tl.int64)
+                token = tl.minimum(tl.maximum(token, 0), N - 1)  # always a token of the vocabulary
+                tl.store(out_ptr + seqs * out_stride + pos + 1, token, mask=s_ok)
+                tl.store(tok_ptr + seqs, token, mask=s_ok)
+            tl.store(count_ptr + 1 + pid_b, 0)
+            if tl.atomic_add(count_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:  # the last row block
+                tl.store(pos_ptr, pos + 1)
+                tl.store(count_ptr, 0)
     else:
         where = y_ptr + rows[:, None] * N + outs[None, :]  # (BLOCK_B, BLOCK_N)
         if GELU:
@@ -201,7 +212,9 @@ def _attention_kernel(
         k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)  # (BLOCK_L, HEAD_DIM)
         v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)  # (BLOCK_L, HEAD_DIM)
         m, total, acc = softmax_block(q, k, v, ok, m, total, acc)
-    tl.store(y_ptr + b * K + head * HEAD_DIM + d, (acc / total).to(y_ptr.dtype.element_ty))
+    # a sequence that sees no position yet (pos < its padding: CUDA graphs' warm-up steps) gets zeros, not 0 / 0
+    y = acc / tl.where(total > 0, total, 1.0)  # (HEAD_DIM,)
+    tl.store(y_ptr + b * K + head * HEAD_DIM + d, y.to(y_ptr.dtype.element_ty))
 
 
 class BatchedStep:
@@ -218,6 +231,8 @@ class BatchedStep:
             raise RuntimeError("The batched step needs Triton (it comes with PyTorch's CUDA builds).")
         if decoder.kv_int8:
             raise ValueError("The batched step reads a float KV cache.")
+        if decoder.wte is not None:
+            raise ValueError("The batched step reads the token embedding from the output layer's float weight.")
         self.decoder, self.tok, self.pos, self.out = decoder, tok, pos, out
         cfg, device, dtype = decoder.config, decoder.wpe.weight.device, decoder.wpe.weight.dtype
         b, c = decoder.batch, cfg.n_embd
@@ -229,7 +244,9 @@ class BatchedStep:
         self.h = torch.zeros(b, 4 * c, device=device, dtype=dtype)  # (B, 4C) the MLP's hidden units, after GELU
         self.n_parts = triton.cdiv(cfg.vocab_size, BLOCK_N["head"])  # programs along the output layer's rows
         self.best = torch.zeros(2, b, self.n_parts, **f32)  # each program's best logit and row, per sequence
-        self.count = torch.zeros(1, dtype=torch.int32, device=device)
+        # programs done: row blocks of the output layer (count[0]), and in each row block (count[1 + block])
+        self.count = torch.zeros(1 + triton.cdiv(b, self.block_b), dtype=torch.int32, device=device)
+        self.num_warps = 8 if self.block_b >= 64 else NUM_WARPS
         self.ieee = dtype == torch.float32
         self.pdl = PDL and device.type == "cuda" and bool(capability.pdl(capability.capability(device)))
 
@@ -238,7 +255,7 @@ class BatchedStep:
         n, k = w.shape
         b = d.batch
         kv = qkv or (w, w)
-        grid = (triton.cdiv(n, BLOCK_N[site]), triton.cdiv(b, self.block_b))
+        grid = (triton.cdiv(b, self.block_b), triton.cdiv(n, BLOCK_N[site]))
         _linear_kernel[grid](
             x, w, w if layer.bias is None else layer.bias, y, w if ln is None else ln.weight,
             w if ln is None else ln.bias, self.tok, self.pos, d.pad, d.wpe.weight, kv[0], kv[1],
@@ -247,7 +264,7 @@ class BatchedStep:
             K=k, HEAD_DIM=k // d.config.n_head, LN=ln is not None, EMBED=embed, QKV=qkv is not None, GELU=gelu,
             RESIDUAL=residual, ARGMAX=site == "head", HAS_BIAS=layer.bias is not None, IEEE=self.ieee,
             PDL=self.pdl, BLOCK_B=self.block_b, BLOCK_N=BLOCK_N[site], BLOCK_K=BLOCK_K,
-            BLOCK_P=triton.next_power_of_2(self.n_parts), num_warps=NUM_WARPS,
+            BLOCK_P=triton.next_power_of_2(self.n_parts), ARGMAX_ROWS=ARGMAX_ROWS, num_warps=self.num_warps,
             **({"launch_pdl": True} if self.pdl else {}),
         )  # fmt: skip
 
