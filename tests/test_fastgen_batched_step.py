@@ -90,11 +90,9 @@ def test_an_int8_cache_is_refused(sharp_model):
         batched_step.BatchedStep(decoder, z, torch.zeros(1, dtype=torch.long, device=DEV), z)
 
 
-def test_batches_take_the_batched_step_only_when_asked_until_it_is_timed(sharp_model, monkeypatch):
+def test_batches_take_the_batched_step_when_asked(sharp_model):
     assert fastgen.FastGPT2(sharp_model, kernels=True).batched
     assert not fastgen.FastGPT2(sharp_model, kernels=False).batched
-    monkeypatch.setattr(fastgen.generator, "BATCHED_AUTO", False)
-    assert not fastgen.FastGPT2(sharp_model, kernels="persistent").batched  # a batch-1 choice: batches compile
 
 
 def test_a_sequence_that_sees_no_position_yet_gets_finite_values_and_a_real_token(sharp_model, small_tiles):

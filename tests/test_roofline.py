@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import GPT2Config
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from helpers import bench, roofline
 
@@ -14,10 +14,14 @@ def _rec(batch, tok_s, bytes_per_step=250e6, bandwidth_gbs=3000.0, peak=800e12):
 
 
 def test_step_flops_counts_each_weight_twice_per_sequence_plus_attention():
-    cfg = GPT2Config()  # 124M: 12 layers of 12 C^2 product weights, and the tied output layer
-    weights = 12 * 768 * 768 * 12 + 50257 * 768
+    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=300, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(cfg)
+    # the weights a step multiplies: every matrix of the blocks' products and the (tied) output layer, counted
+    # from the model itself (biases, LayerNorms and the position embedding are no products)
+    weights = sum(p.numel() for n, p in model.transformer.h.named_parameters() if n.endswith("attn.weight")
+                  or n.endswith("proj.weight") or n.endswith("fc.weight")) + model.lm_head.weight.numel()  # fmt: skip
     assert bench.step_flops(cfg, 1, 0) == 2 * weights
-    assert bench.step_flops(cfg, 4, 100) == 4 * (2 * weights + 4 * 12 * 768 * 100)
+    assert bench.step_flops(cfg, 4, 100) == 4 * (2 * weights + 2 * 2 * 2 * 64 * 100)  # q.k and p.v per layer
 
 
 def test_intensity_grows_with_the_batch_and_the_ridge_splits_the_bounds():
