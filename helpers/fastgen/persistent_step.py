@@ -63,7 +63,7 @@ CHUNK = 8  # rows of a weight matrix a program multiplies at a time (the q, k, v
 HEAD_TILE = 32  # rows of the output layer a program multiplies at a time
 AHEAD = 4  # tiles of output-layer rows a program asks the L2 cache for ahead of the one it multiplies
 BLOCK_L = 64  # cached positions per block of the attention's loop
-WAIT_LIMIT = 1 << 22  # polls of a barrier before a program gives up (seconds)
+WAIT_LIMIT = 1 << 22  # polls of a barrier before a program gives up (a few seconds of polling)
 GAVE_UP = _const(1 << 30)  # added to the barrier's count by a program that gave up: later waits pass at once
 PREFETCH = True  # ask the L2 cache for the next layer's weights while the current layer runs (GPU only)
 INTERPRETED_PROGRAMS = 8  # programs in Triton's interpreter (the CPU tests), where no GPU sets them
@@ -90,10 +90,11 @@ def _wait(counts_ptr, target, LIMIT: tl.constexpr):
     """Poll the count (``counts[0]``) until it reaches ``target``, the arrivals of every program at every
     earlier stage (acquire: what they wrote before arriving is then visible here).
 
-    If LIMIT polls (seconds) see too few arrivals, some program could not start and the barrier would never
-    fill: the program stops waiting, raises the flag ``counts[2]`` and adds ``GAVE_UP`` to the count, which
-    lets every later wait pass at once (the count stays that high until ``PersistentStep.check`` reads the
-    flag). The tokens are then wrong, but the GPU is not left waiting, and ``check`` says so."""
+    If LIMIT polls (a few seconds of polling) see too few arrivals, some program could not start and the
+    barrier would never fill: the program stops waiting, raises the flag ``counts[2]`` and adds ``GAVE_UP`` to
+    the count, which lets every later wait pass at once (the count stays that high until
+    ``PersistentStep.check`` reads the flag). The tokens are then wrong, but the GPU is not left waiting, and
+    ``check`` says so."""
     seen = tl.atomic_add(counts_ptr, 0, sem="acquire", scope="gpu")  # compiled as one acquiring load
     polls = 0
     while (seen < target) & (polls < LIMIT):
