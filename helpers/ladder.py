@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import warnings
 from datetime import date, datetime
 from pathlib import Path
@@ -336,8 +335,7 @@ def main(argv=None) -> None:
     if out.exists() and not args.force:  # said before anything is measured
         parser.error(f"{out} exists; choose another --out or pass --force to overwrite it.")
     if args.record:
-        os.environ["WORKBOOK_RECORD"] = "1"
-        os.environ.setdefault("WORKBOOK_COMMAND", "python -m helpers.ladder " + " ".join(argv or sys.argv[1:]))
+        results.start_recording("ladder", argv)
     if args.quick:
         args.new_tokens, args.repeats = 16, 1
         os.environ["WORKBOOK_QUICK"] = "1"  # recorded rows say they come from a smoke test

@@ -294,8 +294,7 @@ def main(argv=None) -> int:
     from . import device, ladder, models, results
 
     if args.record:
-        os.environ["WORKBOOK_RECORD"] = "1"
-        os.environ.setdefault("WORKBOOK_COMMAND", "python -m helpers.llamacpp " + " ".join(argv or sys.argv[1:]))
+        results.start_recording("llamacpp", argv)
     threads = torch.get_num_threads()
     print(f"{device.cpu_summary()}; {threads} threads for both")
     bench_path = find_bench(args.isa) or build(args.isa)

@@ -71,6 +71,14 @@ def read_jsonl(target: Path) -> list[dict]:
     return rows
 
 
+def start_recording(module: str, argv=None) -> None:
+    """A command's ``--record``: keep this process's records in ``results/recorded/`` (``WORKBOOK_RECORD``),
+    with the command that made them (``python -m helpers.<module> <arguments>``) unless one is set already."""
+    os.environ["WORKBOOK_RECORD"] = "1"
+    args = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("WORKBOOK_COMMAND", " ".join([f"python -m helpers.{module}", *args]))
+
+
 def recording() -> bool:
     """True when ``WORKBOOK_RECORD`` asks to keep this run's records in ``results/recorded/`` (committed)."""
     from .notebook import env_flag

@@ -15,8 +15,6 @@ proportionally more time). Both roofs here are measured on the device: ``device.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import warnings
 
 import torch
@@ -91,8 +89,7 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         parser.error("the roofline times the GPU's hand-written steps: torch sees no CUDA GPU here")
     if args.record:
-        os.environ["WORKBOOK_RECORD"] = "1"
-        os.environ.setdefault("WORKBOOK_COMMAND", "python -m helpers.roofline " + " ".join(argv or sys.argv[1:]))
+        results.start_recording("roofline", argv)
     rows = run(args.model, args.batches)
     print(f"ridge: {ridge(rows[0]['bandwidth_GBs'] * 1e9, rows[0]['peak_flops']):,.0f} FLOPs per byte")
     for r in rows:

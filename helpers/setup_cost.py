@@ -11,7 +11,6 @@ README renders. The download time depends on the network of the day; the sizes a
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -64,8 +63,7 @@ def main(argv=None) -> int:
     from . import results
 
     if args.record:
-        os.environ["WORKBOOK_RECORD"] = "1"
-        os.environ.setdefault("WORKBOOK_COMMAND", "python -m helpers.setup_cost " + " ".join(argv or sys.argv[1:]))
+        results.start_recording("setup_cost", argv)
     row = measure(args.requirement)
     print(
         f"{row['label']}: wheel {row['wheel_MB']:,.0f} MB, downloaded in {row['download_s']:.1f} s; "

@@ -16,9 +16,7 @@ tokens, and a step's kernels are those the longer generation runs more often (``
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import warnings
 from collections import Counter
 
@@ -160,8 +158,7 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         parser.error("the timeline is the GPU's: torch sees no CUDA GPU here")
     if args.record:
-        os.environ["WORKBOOK_RECORD"] = "1"
-        os.environ.setdefault("WORKBOOK_COMMAND", "python -m helpers.timeline " + " ".join(argv or sys.argv[1:]))
+        results.start_recording("timeline", argv)
     for row in run(args.model, args.tokens):
         results.record(row, notebook="timeline", technique=row["label"])
         print(

@@ -70,3 +70,24 @@ def _same_greedy_tokens(tok, reference, *candidates, prompts: int = 4, new: int 
 def same_greedy_tokens():
     """``_same_greedy_tokens``: how often quantized decoders choose fp32's greedy tokens (tests of int8 paths)."""
     return _same_greedy_tokens
+
+
+def _sharp_gpt2(n_embd: int = 32, n_head: int = 2) -> GPT2LMHeadModel:
+    """A 2-layer GPT-2 (300 tokens, 64 positions) whose attention is sharp, so that blocks of a KV cache have
+    different running maxima (the online softmax's rescale runs), with LayerNorm parameters away from 1 and 0;
+    on the GPU when there is one, where the hand-written steps' kernels then run (else in Triton's interpreter)."""
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=300, n_positions=64, n_embd=n_embd, n_layer=2, n_head=n_head)
+    model = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(10)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture
+def sharp_gpt2():
+    """``_sharp_gpt2``: the small GPT-2 the tests of the hand-written decode steps compare with the eager one."""
+    return _sharp_gpt2

@@ -8,7 +8,6 @@ import os
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 pytest.importorskip("triton", reason="Triton installs with the dev extra on Linux x86-64 only")
 if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
@@ -21,16 +20,9 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture
-def sharp_model():
-    """A 2-layer GPT-2 with sharp attention and LayerNorm parameters away from 1 and 0."""
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=2)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        for block in model.transformer.h:
-            block.attn.c_attn.weight.mul_(10)
-    return model.to(DEV)
+def sharp_model(sharp_gpt2):
+    """A 2-layer GPT-2 with sharp attention, 64 wide: products over several tiles of 16."""
+    return sharp_gpt2(n_embd=64)
 
 
 @pytest.fixture

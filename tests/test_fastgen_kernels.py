@@ -28,16 +28,9 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the kernels run
 
 
 @pytest.fixture
-def sharp_model():
+def sharp_model(sharp_gpt2):
     """A 2-layer GPT-2 whose attention is sharp, so blocks of the cache have different running maxima."""
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))  # LayerNorm scales and biases away from 1 and 0
-        for block in model.transformer.h:
-            block.attn.c_attn.weight.mul_(10)
-    return model.to(DEV)
+    return sharp_gpt2(n_embd=32)
 
 
 @pytest.fixture

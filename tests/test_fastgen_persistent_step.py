@@ -11,7 +11,6 @@ import os
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 pytest.importorskip("triton", reason="Triton installs with the dev extra on Linux x86-64 only")
 if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
@@ -22,18 +21,6 @@ from helpers.fastgen import persistent_step  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEV == "cuda"
-
-
-def _model(n_head: int) -> GPT2LMHeadModel:
-    """A 2-layer GPT-2 with sharp attention and LayerNorm parameters away from 1 and 0."""
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=n_head)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        for block in model.transformer.h:
-            block.attn.c_attn.weight.mul_(10)
-    return model.to(DEV)
 
 
 @pytest.fixture
@@ -61,16 +48,16 @@ def _one_step(decoder, n: int, **kw):
     return step, tok, pos, out
 
 
-def test_the_persistent_step_generates_the_eager_decoders_tokens(small_tiles):
-    model = _model(2)
+def test_the_persistent_step_generates_the_eager_decoders_tokens(small_tiles, sharp_gpt2):
+    model = sharp_gpt2(n_head=2)
     fast = fastgen.FastGPT2(model, kernels="persistent")
     assert fast.kernels and fast.persistent
     assert torch.equal(fast.generate(IDS, 24), fastgen.FastGPT2(model).generate(IDS, 24))
 
 
 @pytest.mark.parametrize("programs", [2, 3, 5])
-def test_one_step_gives_the_eager_residual_and_token(small_tiles, programs):
-    decoder = fastgen.Decoder(_model(2), torch.float32)
+def test_one_step_gives_the_eager_residual_and_token(small_tiles, programs, sharp_gpt2):
+    decoder = fastgen.Decoder(sharp_gpt2(n_head=2), torch.float32)
     n = 34  # cached positions 0..34: three blocks of 16
     step, tok, pos, out = _one_step(decoder, n, n_programs=programs)
     ids = torch.tensor([[7]], device=DEV)
@@ -81,8 +68,8 @@ def test_one_step_gives_the_eager_residual_and_token(small_tiles, programs):
     assert step.counts.tolist() == [0, 0, 0]  # both counts back to 0 for the next token, no barrier gave up
 
 
-def test_one_program_counts_its_own_barriers(small_tiles):
-    decoder = fastgen.Decoder(_model(1), torch.float32)
+def test_one_program_counts_its_own_barriers(small_tiles, sharp_gpt2):
+    decoder = fastgen.Decoder(sharp_gpt2(n_head=1), torch.float32)
     n = 20
     step, tok, pos, out = _one_step(decoder, n, n_programs=1, sync=True)  # the whole token in one launch
     logits = decoder(torch.tensor([[7]], device=DEV), decoder.arange[n : n + 1])[0]
@@ -92,9 +79,9 @@ def test_one_program_counts_its_own_barriers(small_tiles):
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU both programs run at once: the barrier fills")
-def test_a_barrier_that_cannot_fill_gives_up_and_says_so(small_tiles, monkeypatch):
+def test_a_barrier_that_cannot_fill_gives_up_and_says_so(small_tiles, monkeypatch, sharp_gpt2):
     monkeypatch.setattr(persistent_step, "WAIT_LIMIT", 4)
-    decoder = fastgen.Decoder(_model(1), torch.float32)
+    decoder = fastgen.Decoder(sharp_gpt2(n_head=1), torch.float32)
     step, *_ = _one_step(decoder, 20, n_programs=2, sync=True)  # the interpreter runs program 0 to the end first
     gave_up = getattr(persistent_step.GAVE_UP, "value", persistent_step.GAVE_UP)  # a Triton constexpr: its number
     assert step.counts[2] == 1 and step.counts[0] >= gave_up  # flagged; later waits pass at once
@@ -104,8 +91,8 @@ def test_a_barrier_that_cannot_fill_gives_up_and_says_so(small_tiles, monkeypatc
     step.check()
 
 
-def test_bad_settings_are_refused():
-    decoder = fastgen.Decoder(_model(2), torch.float32)
+def test_bad_settings_are_refused(sharp_gpt2):
+    decoder = fastgen.Decoder(sharp_gpt2(n_head=2), torch.float32)
     decoder.setup_caches(1, 40)
     t = torch.zeros(1, 1, dtype=torch.long, device=DEV)
     with pytest.raises(ValueError, match="at least one program per head"):
@@ -120,10 +107,10 @@ def test_bad_settings_are_refused():
                 decoder, t, t[0], t, n_programs=persistent_step.programs(decoder.wpe.weight.device) + 1
             )
     with pytest.raises(ValueError, match="kernels takes"):
-        fastgen.FastGPT2(_model(2), kernels="fast")
+        fastgen.FastGPT2(sharp_gpt2(n_head=2), kernels="fast")
     if not ON_GPU:
         with pytest.raises(ValueError, match="kernels='persistent' is a GPU step"):
-            fastgen.FastGPT2(_model(2).float(), int8="q8_0", kernels="persistent")
+            fastgen.FastGPT2(sharp_gpt2(n_head=2).float(), int8="q8_0", kernels="persistent")
 
 
 def _number(value) -> int:
@@ -132,7 +119,7 @@ def _number(value) -> int:
     return int(data.item() if hasattr(data, "item") else data)
 
 
-def test_the_prefetches_ask_for_the_weights_the_next_stages_read(small_tiles, monkeypatch):
+def test_the_prefetches_ask_for_the_weights_the_next_stages_read(small_tiles, monkeypatch, sharp_gpt2):
     """The prefetch instruction cannot run in the interpreter: record what it would be asked for instead, and
     check that every range lies inside a tensor the step reads next (no address outside the model's weights)
     and that the layers' weight matrices and the output layer's rows are all asked for."""
@@ -142,7 +129,7 @@ def test_the_prefetches_ask_for_the_weights_the_next_stages_read(small_tiles, mo
         "_prefetch",
         lambda address, n_bytes, pid, P, LINES: asked.append((_number(address), _number(n_bytes))),
     )
-    decoder = fastgen.Decoder(_model(2), torch.float32)
+    decoder = fastgen.Decoder(sharp_gpt2(n_head=2), torch.float32)
     decoder.setup_caches(1, 40)
     t = torch.zeros(1, 1, dtype=torch.long, device=DEV)
     step = persistent_step.PersistentStep(decoder, t, torch.zeros(1, dtype=torch.long, device=DEV), t.new_zeros(1, 40))

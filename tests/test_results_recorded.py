@@ -85,3 +85,12 @@ def test_a_single_run_each_is_no_spread():
 def test_verdict_prints_one_more_digit_when_separate_ranges_would_print_a_shared_end():
     text = results.verdict((23.9, 23.3, 24.559), (24.9, 24.579, 25.8), names=("a", "b"))
     assert "slower" in text and "(23.30-24.56)" in text and "(24.58-25.80)" in text
+
+
+def test_a_commands_record_flag_names_the_command(monkeypatch):
+    monkeypatch.delenv("WORKBOOK_COMMAND", raising=False)
+    results.start_recording("timeline", ["--tokens", "8"])
+    assert results.recording()
+    assert results.run_context()["command"] == "python -m helpers.timeline --tokens 8"
+    results.start_recording("ladder", [])  # a command set already (helpers.execute's) is kept
+    assert results.run_context()["command"] == "python -m helpers.timeline --tokens 8"
