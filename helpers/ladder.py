@@ -4,6 +4,7 @@
     python -m helpers.ladder --quick              # fewer tokens and repeats (a smoke test)
     python -m helpers.ladder --model pocket --out my-ladder.json
     python -m helpers.ladder --persistent         # on a GPU, also the persistent Triton step (opt-in until timed)
+    python -m helpers.ladder --batches 8 64       # on a GPU, also the compiled and the batched step at batches 8, 64
 
 Rows: Hugging Face ``generate()`` in fp32 eager, in bf16, with a static cache (which transformers
 compiles by itself), then ``helpers.fastgen.FastGPT2`` (on a GPU compiled with CUDA graphs, compiled with

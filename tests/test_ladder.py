@@ -90,3 +90,25 @@ def test_a_cpu_run_names_its_cpu_with_its_instruction_sets(monkeypatch):
     records = ladder.run(device="cpu", progress=False)
     assert records[0]["cpu"] == devices.cpu_summary() and records[0]["ratio"] == 1.0
     assert ladder.verdict(records + [record("FastGPT2, x", 110, "cpu")])[0].endswith(devices.cpu_summary())
+
+
+def test_batch_rows_get_their_own_target_and_stay_out_of_the_batch_1_targets():
+    def batch_row(label, tok_s, b):
+        return {**record(label, tok_s), "batch": b, "decode_tok_s_min": tok_s * 0.9, "decode_tok_s_max": tok_s * 1.1}
+
+    records = with_ratios(
+        [
+            record("generate(), fp32 eager", 100),
+            record("generate(), bf16, static cache + compile", 500),
+            record("FastGPT2, bf16, compiled + CUDA graphs", 3100),
+            batch_row("FastGPT2, bf16, compiled, 16 steps per CUDA graph, batch 8", 20_000, 8),
+            batch_row("FastGPT2, bf16, batched Triton step, 16 steps per CUDA graph, batch 8", 30_000, 8),
+            batch_row("FastGPT2, bf16, compiled, 16 steps per CUDA graph, batch 64", 150_000, 64),
+            batch_row("FastGPT2, bf16, batched Triton step, 16 steps per CUDA graph, batch 64", 120_000, 64),
+        ]
+    )
+    lines = ladder.verdict(records)
+    assert "3,100" in lines[0]  # the batch-1 fast decoder, not a batch row's tokens/s
+    eight, sixty_four = lines[-2], lines[-1]
+    assert eight.startswith("[met] batch 8") and "1.50x" in eight
+    assert sixty_four.startswith("[NOT met] batch 64") and "0.80x" in sixty_four
