@@ -29,7 +29,7 @@ import math
 import torch
 
 from .. import capability
-from .triton_step import _jit, gdc_launch_dependents, gdc_wait, gelu_tanh, softmax_block, tl, triton
+from .triton_step import _jit, gdc_launch_dependents, gdc_wait, gelu_tanh, softmax_block, store_qkv, tl, triton
 
 # Launch configuration: output rows per program for each product (the products of 768 outputs take smaller
 # tiles, so that more programs share the reading), values of the summed dimension per tile, warps.
@@ -43,20 +43,36 @@ PDL = True  # programmatic dependent launch on GPUs that have it (compute capabi
 
 
 @_jit
-def _row_stats(x_ptr, rows, row_ok, K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, eps):
-    """Mean and 1/standard deviation of each of the rows ``rows`` of ``x`` (B, K) fp32, for LayerNorm: two passes
-    over K (the mean first, then the spread around it, as the eager LayerNorm computes it)."""
+def _rows_tile(x_ptr, wpe_ptr, rows, tok, at, k0, row_ok, K: tl.constexpr, BLOCK_K: tl.constexpr, EMBED: tl.constexpr):
+    """Columns k0..k0 + BLOCK_K of the rows a product reads, fp32, and where they lie inside (BLOCK_B, BLOCK_K)
+    each; zeros outside. The rows are ``rows`` of ``x`` (B, K), or (EMBED) the tokens' embeddings: row ``tok``
+    of ``x`` (the token embedding) plus row ``at`` of ``wpe`` (their positions)."""
+    cols = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    ok = row_ok[:, None] & (cols < K)[None, :]  # (BLOCK_B, BLOCK_K)
+    if EMBED:
+        t = tl.load(x_ptr + tok[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        t += tl.load(wpe_ptr + at[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    else:
+        t = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    return t, ok
+
+
+@_jit
+def _row_stats(
+    x_ptr, wpe_ptr, rows, tok, at, row_ok, eps,
+    K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, EMBED: tl.constexpr,
+):  # fmt: skip
+    """Mean and 1/standard deviation of each row ``_rows_tile`` reads, for LayerNorm: two passes over K (the
+    mean first, then the spread around it, as the eager LayerNorm computes it)."""
     total = tl.zeros([BLOCK_B], tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        ok = row_ok[:, None] & (cols < K)[None, :]
-        total += tl.sum(tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=ok, other=0.0), 1)
+        t, ok = _rows_tile(x_ptr, wpe_ptr, rows, tok, at, k0, row_ok, K, BLOCK_K, EMBED)
+        total += tl.sum(t, 1)
     mean = total / K  # (BLOCK_B,)
     spread = tl.zeros([BLOCK_B], tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        ok = row_ok[:, None] & (cols < K)[None, :]
-        d = tl.where(ok, tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=ok, other=0.0) - mean[:, None], 0.0)
+        t, ok = _rows_tile(x_ptr, wpe_ptr, rows, tok, at, k0, row_ok, K, BLOCK_K, EMBED)
+        d = tl.where(ok, t - mean[:, None], 0.0)  # (BLOCK_B, BLOCK_K)
         spread += tl.sum(d * d, 1)
     return mean, 1.0 / tl.sqrt(spread / K + eps)
 
@@ -91,47 +107,22 @@ def _linear_kernel(
         gdc_launch_dependents()
         gdc_wait()
     pos = tl.load(pos_ptr)
+    tok, at = rows, rows  # (BLOCK_B,) read by _rows_tile with EMBED only
     if EMBED:
         tok = tl.load(tok_ptr + rows, mask=row_ok, other=0)  # (BLOCK_B,)
         at = tl.maximum(pos - tl.load(pad_ptr + rows, mask=row_ok, other=0), 0)  # (BLOCK_B,) positions
         if pid_n == 0:  # the residual: the tokens' embeddings
             for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                ok = row_ok[:, None] & (cols < K)[None, :]
-                e = tl.load(x_ptr + tok[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-                e += tl.load(wpe_ptr + at[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-                tl.store(y_ptr + rows[:, None] * K + cols[None, :], e, mask=ok)
-    if LN:
-        if EMBED:  # the statistics of the embeddings, from the weights (the residual is being written)
-            total = tl.zeros([BLOCK_B], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                ok = row_ok[:, None] & (cols < K)[None, :]
-                e = tl.load(x_ptr + tok[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-                total += tl.sum(e + tl.load(wpe_ptr + at[:, None] * K + cols[None, :], mask=ok, other=0.0), 1)
-            mean = total / K
-            spread = tl.zeros([BLOCK_B], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                ok = row_ok[:, None] & (cols < K)[None, :]
-                e = tl.load(x_ptr + tok[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-                e += tl.load(wpe_ptr + at[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-                d = tl.where(ok, e - mean[:, None], 0.0)
-                spread += tl.sum(d * d, 1)
-            rstd = 1.0 / tl.sqrt(spread / K + eps)
-        else:
-            mean, rstd = _row_stats(x_ptr, rows, row_ok, K, BLOCK_B, BLOCK_K, eps)  # (BLOCK_B,) each
+                e, ok = _rows_tile(x_ptr, wpe_ptr, rows, tok, at, k0, row_ok, K, BLOCK_K, EMBED)
+                tl.store(y_ptr + rows[:, None] * K + k0 + tl.arange(0, BLOCK_K)[None, :], e, mask=ok)
+    if LN:  # (with EMBED, of the embeddings, read from the weights: the residual is being written)
+        mean, rstd = _row_stats(x_ptr, wpe_ptr, rows, tok, at, row_ok, eps, K, BLOCK_B, BLOCK_K, EMBED)
     acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
+        x, ok = _rows_tile(x_ptr, wpe_ptr, rows, tok, at, k0, row_ok, K, BLOCK_K, EMBED)  # (BLOCK_B, BLOCK_K)
         cols = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
         col_ok = cols < K
-        ok = row_ok[:, None] & col_ok[None, :]
-        if EMBED:
-            x = tl.load(x_ptr + tok[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            x += tl.load(wpe_ptr + at[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        else:
-            x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        if LN:  # (BLOCK_B, BLOCK_K): normalized as the product reads it
+        if LN:  # normalized as the product reads it
             gamma = tl.load(ln_w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
             beta = tl.load(ln_b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
             x = tl.where(ok, (x - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :], 0.0)
@@ -143,15 +134,9 @@ def _linear_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + outs, mask=out_ok, other=0.0).to(tl.float32)[None, :]
     ok = row_ok[:, None] & out_ok[None, :]  # (BLOCK_B, BLOCK_N)
-    if QKV:
-        which = outs // K  # (BLOCK_N,) 0: q, 1: k, 2: v
-        j = outs - which * K  # the output within q, k or v
-        head = j // HEAD_DIM
-        at = head * cache_stride + pos * HEAD_DIM + (j - head * HEAD_DIM)  # (BLOCK_N,) places in a sequence's cache
-        seq = rows[:, None] * (cache_stride * (K // HEAD_DIM))  # (BLOCK_B, 1) where each sequence's cache starts
-        tl.store(part_ptr + rows[:, None] * K + j[None, :], acc, mask=ok & (which == 0)[None, :])
-        tl.store(k_ptr + seq + at[None, :], acc.to(k_ptr.dtype.element_ty), mask=ok & (which == 1)[None, :])
-        tl.store(v_ptr + seq + at[None, :], acc.to(v_ptr.dtype.element_ty), mask=ok & (which == 2)[None, :])
+    if QKV:  # each sequence's q row (in part, (B, K)) and cache (H, L, D), as pointers (BLOCK_B, 1)
+        seq = rows[:, None] * (cache_stride * (K // HEAD_DIM))
+        store_qkv(acc, outs, ok, part_ptr + rows[:, None] * K, k_ptr + seq, v_ptr + seq, pos, cache_stride, K, HEAD_DIM)
     elif ARGMAX:
         y = tl.where(ok, acc, float("-inf"))
         top = tl.max(y, 1)  # (BLOCK_B,) each sequence's best logit in this block of rows
@@ -168,8 +153,8 @@ def _linear_kernel(
                 where = part_ptr + seqs[:, None] * n_parts + parts[None, :]  # (ARGMAX_ROWS, BLOCK_P)
                 tops = tl.load(where, mask=both, other=float("-inf"), volatile=True)
                 tops = tl.where(tops == tops, tops, float("-inf"))  # a NaN logit never wins
-                at = seqs * n_parts + tl.argmax(tops, 1)  # (ARGMAX_ROWS,) where each best part's row lies
-                token = tl.load(part_ptr + B * n_parts + at, mask=s_ok, other=0.0, volatile=True).to(tl.int64)
+                where_best = seqs * n_parts + tl.argmax(tops, 1)  # (ARGMAX_ROWS,) where each best part's row lies
+                token = tl.load(part_ptr + B * n_parts + where_best, mask=s_ok, other=0.0, volatile=True).to(tl.int64)
                 token = tl.minimum(tl.maximum(token, 0), N - 1)  # always a token of the vocabulary
                 tl.store(out_ptr + seqs * out_stride + pos + 1, token, mask=s_ok)
                 tl.store(tok_ptr + seqs, token, mask=s_ok)

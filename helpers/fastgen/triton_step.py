@@ -97,7 +97,9 @@ def softmax_block(q, k, v, ok, m, total, acc):
 @_jit
 def store_qkv(y, rows, ok, q_ptr, k_ptr, v_ptr, pos, cache_stride, K: tl.constexpr, HEAD_DIM: tl.constexpr):
     """Rows ``rows`` of the q, k, v product (``y``, fp32, with the last axis over rows) where they belong: q's
-    into ``q``, k's and v's into the caches (H, L, D) at position ``pos``, in the caches' dtype."""
+    into ``q``, k's and v's into the caches (H, L, D) at position ``pos``, in the caches' dtype. For a batch
+    (``batched_step``), ``y`` has a row per sequence and the three pointers are columns of pointers, one per
+    sequence's q and caches."""
     part = rows // K  # 0: q, 1: k, 2: v
     j = rows - part * K  # the row within q, k or v
     head = j // HEAD_DIM
