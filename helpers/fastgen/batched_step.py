@@ -37,7 +37,7 @@ BLOCK_N = {"qkv": 64, "proj": 32, "fc": 64, "out": 32, "head": 128}
 BLOCK_K = 64  # values of the summed dimension per tile of a product
 MAX_BLOCK_B = 64  # sequences per tile; larger batches take several tiles (programs along the grid's 2nd axis)
 BLOCK_L = 64  # cached positions per block of the attention's loop
-NUM_WARPS = 4  # warps per program; 8 for tiles of 64 sequences or more (4 spill registers there, sm_90)
+NUM_WARPS = 4  # warps per program; 8 where a product's tile holds 2,048 sums or more (4 spill registers there, sm_90)
 ARGMAX_ROWS = 8  # sequences whose tokens the output layer's last program picks at a time
 PDL = True  # programmatic dependent launch on GPUs that have it (compute capability 9.0, Hopper, and later)
 
@@ -231,7 +231,6 @@ class BatchedStep:
         self.best = torch.zeros(2, b, self.n_parts, **f32)  # each program's best logit and row, per sequence
         # programs done: row blocks of the output layer (count[0]), and in each row block (count[1 + block])
         self.count = torch.zeros(1 + triton.cdiv(b, self.block_b), dtype=torch.int32, device=device)
-        self.num_warps = 8 if self.block_b >= 64 else NUM_WARPS
         self.ieee = dtype == torch.float32
         self.pdl = PDL and device.type == "cuda" and bool(capability.pdl(capability.capability(device)))
 
@@ -241,6 +240,7 @@ class BatchedStep:
         b = d.batch
         kv = qkv or (w, w)
         grid = (triton.cdiv(b, self.block_b), triton.cdiv(n, BLOCK_N[site]))
+        warps = 8 if self.block_b * BLOCK_N[site] >= 2048 else NUM_WARPS
         _linear_kernel[grid](
             x, w, w if layer.bias is None else layer.bias, y, w if ln is None else ln.weight,
             w if ln is None else ln.bias, self.tok, self.pos, d.pad, d.wpe.weight, kv[0], kv[1],
@@ -249,7 +249,7 @@ class BatchedStep:
             K=k, HEAD_DIM=k // d.config.n_head, LN=ln is not None, EMBED=embed, QKV=qkv is not None, GELU=gelu,
             RESIDUAL=residual, ARGMAX=site == "head", HAS_BIAS=layer.bias is not None, IEEE=self.ieee,
             PDL=self.pdl, BLOCK_B=self.block_b, BLOCK_N=BLOCK_N[site], BLOCK_K=BLOCK_K,
-            BLOCK_P=triton.next_power_of_2(self.n_parts), ARGMAX_ROWS=ARGMAX_ROWS, num_warps=self.num_warps,
+            BLOCK_P=triton.next_power_of_2(self.n_parts), ARGMAX_ROWS=ARGMAX_ROWS, num_warps=warps,
             **({"launch_pdl": True} if self.pdl else {}),
         )  # fmt: skip
 
