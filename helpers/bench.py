@@ -275,6 +275,7 @@ def generation(
         "memory_MiB": mem / 2**20,
         "memory_kind": mem_kind,
         "bytes_per_step": weights + kv,
+        "flops_per_step": step_flops(model.config, batch, prompt_len + new_tokens / 2),  # at the same average length
         "bandwidth_GBs": bw / 1e9,
         "sol_tok_s": sol_tok_s,
         "sol_fraction": decode_tok_s / sol_tok_s,

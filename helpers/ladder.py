@@ -119,23 +119,16 @@ def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True
 def batch_rows(base, batches, kind: str = "bf16"):
     """(label, make a FastGPT2, batch) for each batch of ``batches`` (GPU): the compiled step and the batched Triton
     step (``fastgen.batched_step``), both with ``GRAPH_STEPS`` decode steps per CUDA graph."""
-    rows = []
-    for b in batches:
-        rows.append(
-            (
-                f"FastGPT2, {kind}, compiled, {GRAPH_STEPS} steps per CUDA graph, batch {b}",
-                lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels=False),
-                b,
-            )
+    steps = [("compiled", False), ("batched Triton step", True)]  # (label, FastGPT2's kernels)
+    return [
+        (
+            f"FastGPT2, {kind}, {name}, {GRAPH_STEPS} steps per CUDA graph, batch {b}",
+            lambda kernels=kernels: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels=kernels),
+            b,
         )
-        rows.append(
-            (
-                f"FastGPT2, {kind}, batched Triton step, {GRAPH_STEPS} steps per CUDA graph, batch {b}",
-                lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels=True),
-                b,
-            )
-        )
-    return rows
+        for b in batches
+        for name, kernels in steps
+    ]
 
 
 def run(
@@ -191,7 +184,6 @@ def run(
             )
         if batch > 1:
             rec["peak_flops"] = peak  # the GPU's measured matrix-product throughput in this dtype (FLOP/s)
-            rec["flops_per_step"] = bench.step_flops(model.config, batch, prompt_len + new_tokens / 2)
         if not on_gpu:
             rec["cpu"] = devices.cpu_summary()  # the targets line names the CPU with its instruction sets
         records.append(rec)

@@ -33,7 +33,7 @@ def achieved(rec: dict) -> float:
 
 
 def intensity(rec: dict) -> float:
-    """FLOPs per byte of a record's decode step: ``bench.step_flops`` over the bytes it reads (weights + cache)."""
+    """FLOPs per byte of a record's decode step: its FLOPs (``bench.step_flops``) over the bytes it reads."""
     return rec["flops_per_step"] / rec["bytes_per_step"]
 
 
@@ -54,7 +54,7 @@ def bound(rec: dict) -> str:
 
 def run(model_name: str = "gpt2-124m-random", batches=BATCHES, new_tokens: int = 64, repeats: int = 3) -> list[dict]:
     """The hand-written greedy step (the Triton step at batch 1, the batched step above) at each batch, on this
-    GPU in bf16: ``bench.generation`` records with the step's FLOPs and the device's measured peak."""
+    GPU in bf16: ``bench.generation`` records (which carry the step's FLOPs) with the device's measured peak."""
     from . import fastgen
     from .ladder import GRAPH_STEPS
 
@@ -71,7 +71,6 @@ def run(model_name: str = "gpt2-124m-random", batches=BATCHES, new_tokens: int =
                 generate_fn=fast.generate_fn(), label=f"hand-written step, batch {b}", model_name=model_name,
                 bandwidth=bw, model_bytes=fast.weight_bytes(),
             )  # fmt: skip
-        rec["flops_per_step"] = bench.step_flops(model.config, b, 32 + new_tokens / 2)
         rec["peak_flops"] = peak
         rows.append(rec)
         del fast

@@ -18,6 +18,7 @@ def test_generation_record_is_consistent(tiny_model, tokenizer):
     weights += sum(b.numel() * b.element_size() for b in tiny_model.buffers())
     kv = 2 * 2 * 32 * (8 + 3) * 4
     assert rec["bytes_per_step"] == weights + kv
+    assert rec["flops_per_step"] == bench.step_flops(tiny_model.config, 1, 8 + 3)  # the same average length
     assert math.isclose(rec["sol_tok_s"], 10e9 / (weights + kv))
     assert "tokens/s decoding" in bench.describe(rec)
 

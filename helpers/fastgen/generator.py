@@ -271,7 +271,7 @@ class FastGPT2(nn.Module):
         if t < input_ids.shape[1]:  # _prepare dropped one sequence's left padding: decode without, put it back
             out = self.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
             return torch.cat([input_ids[:, : input_ids.shape[1] - t].to(self.device), out], 1)
-        if temperature == 0 and (self.graph_steps > 1 or ((self.kernels and b == 1) or self.batched)):
+        if temperature == 0 and (self.graph_steps > 1 or (self.kernels and b == 1) or self.batched):
             return self._generate_in_place(ids, total)
         out = torch.empty(b, total, dtype=torch.long, device=self.device)
         out[:, :t] = ids
