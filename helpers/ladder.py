@@ -47,6 +47,11 @@ Q8_COMPILED_LABEL = "FastGPT2, q8_0 weights (workbook kernel), compiled"  # the 
 Q8_LABEL = "FastGPT2, q8_0 weights (workbook kernel), decode step in C++"  # the fastest CPU row (notebook 03c)
 
 
+def triton_label(kind: str = "bf16") -> str:
+    """The label of the hand-written Triton step's row (``kind``: its half-precision format)."""
+    return f"FastGPT2, {kind}, Triton kernels, {GRAPH_STEPS} steps per CUDA graph"
+
+
 def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True, persistent: bool = False):
     """(label, model passed to bench.generation, factory of a generate_fn or a FastGPT2, "fast" for FastGPT2 rows).
 
@@ -81,7 +86,7 @@ def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True
     if on_gpu and triton_step:
         rows.append(
             (
-                f"FastGPT2, {kind}, Triton kernels, {GRAPH_STEPS} steps per CUDA graph",
+                triton_label(kind),
                 base,
                 lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels=True),
                 "fast",

@@ -1,6 +1,7 @@
-"""llama.cpp beside the workbook on a CPU: find or build its benchmark, convert a workbook model, time both.
+"""llama.cpp beside the workbook on a CPU (or a GPU): find or build its benchmark, convert a workbook model, time both.
 
     python -m helpers.llamacpp --record            # GPT-2 124M architecture, random weights, this CPU's threads
+    python -m helpers.llamacpp --device cuda --record   # a GPU: llama.cpp's CUDA build beside the Triton step
 
 1. **llama.cpp**: ``llama-bench`` on ``PATH`` or in ``$LLAMA_CPP_BIN``; otherwise it is built from the llama.cpp
    sources that the ``llama-cpp-python`` source package carries (pip downloads it; cmake and a C++ compiler
@@ -17,6 +18,11 @@
    turn, several times, alternating which goes first. A shared machine's speed drifts over minutes (other
    tenants, clocks); the two runs of a pair are seconds apart, so the ratio within each pair
    (``paired_ratio``) is the fair comparison, and alternating the order keeps a steady trend from favouring one.
+5. **On a GPU** (``--device cuda``): llama.cpp built with its CUDA backend for this GPU's compute capability
+   (CUDA's compiler ``nvcc`` needed; minutes on many cores), every layer on the GPU (``-ngl 99``), between two
+   runs of the GPU ladder; the pairs are the workbook's hand-written Triton decode step (bf16) and llama.cpp's
+   CUDA q8_0. Its records are kept apart from the CPUs' (``results/recorded/llamacpp_gpu--<GPU>.jsonl``). The
+   target (``GPU_TARGET``): llama.cpp's q8_0 at least 3x slower than the Triton step in every pair.
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ AVX2_ENV = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "WORKBOOK_Q8_ISA": "avx2",
 }
+
+
+GPU_TARGET = 3.0  # the workbook's Triton step at least this many times llama.cpp's CUDA q8_0 (issue #21)
+GPU_TAG = "llamacpp_gpu"  # a GPU run's records: results/recorded/llamacpp_gpu--<GPU>.jsonl, apart from the CPUs'
 
 
 def _build_dir(isa: str) -> Path:
@@ -98,20 +108,30 @@ def sources() -> Path:
     return sorted(CACHE.glob("llama_cpp_python-*/vendor/llama.cpp"))[-1]
 
 
-def build(isa: str = "native") -> Path:
-    """Build ``llama-bench`` for this CPU, or capped at ``isa`` (a key of ``ISA_FLAGS``; cmake and a C++ compiler
-    needed); return its path."""
-    if isa not in ISA_FLAGS:
-        raise ValueError(f"isa takes one of {', '.join(ISA_FLAGS)}, got {isa!r}.")
+def build(isa: str = "native", cuda_arch: str | None = None) -> Path:
+    """Build ``llama-bench`` for this CPU, or capped at ``isa`` (a key of ``ISA_FLAGS``), or (``isa`` "cuda")
+    with llama.cpp's CUDA backend for compute capability ``cuda_arch`` (``"90"`` for an H100); cmake and a C++
+    compiler needed, and CUDA's compiler nvcc for a GPU; return its path."""
+    if isa not in (*ISA_FLAGS, "cuda"):
+        raise ValueError(f"isa takes one of {', '.join([*ISA_FLAGS, 'cuda'])}, got {isa!r}.")
+    if (isa == "cuda") != (cuda_arch is not None):
+        raise ValueError("A CUDA build takes isa='cuda' and the GPU's compute capability as cuda_arch, e.g. '90'.")
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
             raise RuntimeError(
                 f"Building llama.cpp needs {tool}, which this machine lacks. Install cmake and a C++ compiler, or "
                 "point LLAMA_CPP_BIN at a folder with a llama-bench you built."
             )
+    if isa == "cuda" and not (os.environ.get("CUDACXX") or shutil.which("nvcc")):
+        raise RuntimeError(
+            "Building llama.cpp for a GPU needs CUDA's compiler nvcc, which is not on PATH. Add the CUDA toolkit's "
+            "bin folder to PATH (on Colab: export PATH=/usr/local/cuda/bin:$PATH) or set CUDACXX to nvcc's path."
+        )
     src, out = sources(), _build_dir(isa)
-    flags = ["-DCMAKE_BUILD_TYPE=Release", *ISA_FLAGS[isa], "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"]
-    flags += ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]  # llama-bench only
+    cuda = ["-DGGML_NATIVE=ON", "-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
+    flags = ["-DCMAKE_BUILD_TYPE=Release", *(cuda if isa == "cuda" else ISA_FLAGS[isa]), "-DLLAMA_CURL=OFF"]
+    flags += ["-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
+    flags += ["-DLLAMA_BUILD_SERVER=OFF"]  # llama-bench only
     _run(["cmake", "-S", str(src), "-B", str(out), *flags], "cmake configure")
     _run(["cmake", "--build", str(out), "--target", "llama-bench", f"-j{os.cpu_count() or 2}"], "cmake build")
     return out / "bin" / "llama-bench"
@@ -162,15 +182,26 @@ def parse_bench(text: str) -> list[dict]:
                 "decode_tok_s_max": max(samples),
                 "build": r.get("build_commit"),
                 "cpu_info": r.get("cpu_info"),
+                "gpu_info": r.get("gpu_info") if r.get("n_gpu_layers") else None,  # the GPU its layers ran on
             }
         )
     return rows
 
 
-def bench(bench_path: Path, gguf: Path, threads: int, new_tokens: int, depth: int, repeats: int) -> list[dict]:
+def bench(
+    bench_path: Path, gguf: Path, threads: int, new_tokens: int, depth: int, repeats: int, gpu: bool = False
+) -> list[dict]:
+    """``llama-bench`` decoding ``new_tokens`` after ``depth`` tokens, ``repeats`` times, as rows; ``gpu``: every
+    layer on the GPU (``-ngl 99``), refused when the build has no GPU backend."""
     cmd = [str(bench_path), "-m", str(gguf), "-p", "0", "-n", str(new_tokens), "-d", str(depth)]
-    cmd += ["-t", str(threads), "-r", str(repeats), "-o", "json"]
-    return parse_bench(_run(cmd, "llama-bench").stdout)
+    cmd += ["-t", str(threads), "-r", str(repeats), "-o", "json"] + (["-ngl", "99"] if gpu else [])
+    rows = parse_bench(_run(cmd, "llama-bench").stdout)
+    if gpu and not all(r["gpu_info"] for r in rows):
+        raise RuntimeError(
+            f"{bench_path} was built without a GPU backend, so it decoded on the CPU. Unset LLAMA_CPP_BIN or remove "
+            "that llama-bench from PATH, so that --device cuda builds llama.cpp with CUDA."
+        )
+    return rows
 
 
 def bench_label(kind: str) -> str:
@@ -190,20 +221,25 @@ def paired(
     prompt_len: int,
     new_tokens: int,
     repeats: int,
+    gpu: bool = False,
 ) -> list[dict]:
-    """``pairs`` rounds of the workbook's q8_0 path on ``model`` (a CPU GPT-2 named ``model_name``, with its
-    tokenizer ``tok``) and llama.cpp q8_0 on ``gguf`` (the same model converted), the kernel first in odd rounds
-    and llama.cpp first in even ones; rows with ``round`` "pair 1", "pair 2", ... and ``first`` (which ran first),
-    none where the kernel cannot be built."""
+    """``pairs`` rounds of the workbook's fastest path on ``model`` (named ``model_name``, with its tokenizer
+    ``tok``) and llama.cpp q8_0 on ``gguf`` (the same model converted), the workbook first in odd rounds and
+    llama.cpp first in even ones; rows with ``round`` "pair 1", "pair 2", ... and ``first`` (which ran first).
+    The workbook's path: on a CPU the q8_0 decode step in C++ (none where it cannot be built: no rows), with
+    ``gpu`` (``model`` in bf16 on a GPU) the hand-written Triton step, as the ladder's row of it runs."""
     from . import bench as workbook_bench
     from . import fastgen, q8
-    from .ladder import Q8_LABEL
+    from .ladder import GRAPH_STEPS, Q8_LABEL, triton_label
 
-    ok, why = q8.available()
-    if not ok:
-        print(f"no pairs: {why}")
-        return []
-    fast = fastgen.FastGPT2(model, int8="q8_0", kernels=True)  # the row Q8_LABEL names: the C++ step
+    if gpu:
+        fast, label = fastgen.FastGPT2(model, graph_steps=GRAPH_STEPS, kernels=True), triton_label("bf16")
+    else:
+        ok, why = q8.available()
+        if not ok:
+            print(f"no pairs: {why}")
+            return []
+        fast, label = fastgen.FastGPT2(model, int8="q8_0", kernels=True), Q8_LABEL  # the C++ step
     rows = []
 
     def ours() -> list[dict]:
@@ -215,7 +251,7 @@ def paired(
             warmup=2,
             repeats=repeats,
             generate_fn=fast.generate_fn(),
-            label=Q8_LABEL,
+            label=label,
             model_name=model_name,
             model_bytes=fast.weight_bytes(),
         )
@@ -224,7 +260,7 @@ def paired(
     def theirs() -> list[dict]:
         return [
             {**r, "label": bench_label("q8_0")}
-            for r in bench(bench_path, gguf, threads, new_tokens, prompt_len, repeats)
+            for r in bench(bench_path, gguf, threads, new_tokens, prompt_len, repeats, gpu=gpu)
         ]
 
     for k in range(1, pairs + 1):
@@ -235,19 +271,36 @@ def paired(
 
 
 def paired_ratio(rows: list[dict]) -> dict | None:
-    """The workbook's q8_0 path's decode speed over llama.cpp q8_0's within each pair of ``rows``: median, lowest
-    and highest ratio and the number of pairs; None when the rows hold no pair (runs recorded before pairs)."""
-    from .ladder import Q8_LABEL
-
-    ratios = []
+    """The workbook's decode speed over llama.cpp q8_0's within each pair of ``rows``: median, lowest and highest
+    ratio, the number of pairs and the workbook row's label (``ours``); None when the rows hold no pair (runs
+    recorded before pairs)."""
+    ratios, ours_label = [], None
     for rnd in dict.fromkeys(r["round"] for r in rows if str(r.get("round", "")).startswith("pair ")):
-        ours = [r for r in rows if r["round"] == rnd and r["label"] == Q8_LABEL]
+        ours = [r for r in rows if r["round"] == rnd and r["label"] != bench_label("q8_0")]
         theirs = [r for r in rows if r["round"] == rnd and r["label"] == bench_label("q8_0")]
         if ours and theirs:
             ratios.append(ours[0]["decode_tok_s"] / theirs[0]["decode_tok_s"])
+            ours_label = ours[0]["label"]
     if not ratios:
         return None
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "pairs": len(ratios)}
+    return {
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "pairs": len(ratios),
+        "ours": ours_label,
+    }
+
+
+def _short(label: str) -> str:
+    """The workbook's row in a sentence: its decode step, not the ladder's whole label."""
+    from .ladder import Q8_LABEL
+
+    if label == Q8_LABEL:
+        return "the workbook's q8_0 decode step"
+    if "Triton kernels" in label:
+        return "the workbook's Triton decode step (bf16)"
+    return f"the workbook's row '{label}'"
 
 
 def paired_sentence(ratio: dict) -> str:
@@ -259,8 +312,20 @@ def paired_sentence(ratio: dict) -> str:
     else:
         what = "no consistent difference (faster in some pairs, slower in others)"
     return (
-        f"in {ratio['pairs']} pairs, the workbook's q8_0 decode step decoded {ratio['median']:.2f}x as fast as "
+        f"in {ratio['pairs']} pairs, {_short(ratio['ours'])} decoded {ratio['median']:.2f}x as fast as "
         f"llama.cpp q8_0 (median; {ratio['min']:.2f}x-{ratio['max']:.2f}x): {what}"
+    )
+
+
+def gpu_target(ratio: dict | None) -> str:
+    """Issue #21's target on a GPU, checked against ``paired_ratio``'s result: llama.cpp's CUDA q8_0 at least
+    ``GPU_TARGET`` times slower than the workbook's Triton step in every pair."""
+    if ratio is None:
+        return f"[not checked] llama.cpp's CUDA q8_0 >= {GPU_TARGET:g}x slower in every pair: no pairs in this run"
+    ok = ratio["min"] >= GPU_TARGET
+    return (
+        f"[{'met' if ok else 'NOT met'}] llama.cpp's CUDA q8_0 >= {GPU_TARGET:g}x slower than "
+        f"{_short(ratio['ours'])} in every pair: {ratio['min']:.2f}x-{ratio['max']:.2f}x over {ratio['pairs']} pairs"
     )
 
 
@@ -270,8 +335,14 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--pairs", type=int, default=3, help="rounds of the q8_0 decode step and llama.cpp q8_0")
+    parser.add_argument("--pairs", type=int, default=3, help="rounds of the workbook's step and llama.cpp q8_0")
     parser.add_argument("--record", action="store_true", help="keep the rows in results/recorded/ (committed)")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: llama.cpp built with CUDA, every layer on the GPU, beside the GPU ladder and the Triton step",
+    )
     parser.add_argument(
         "--isa",
         choices=list(ISA_FLAGS),
@@ -282,6 +353,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.pairs < 0:
         parser.error(f"--pairs takes 0 (none) or more rounds, got {args.pairs}")
+    if args.device == "cuda" and args.isa != "native":
+        parser.error("--isa caps a CPU build; with --device cuda llama.cpp is built for this GPU and this CPU")
     if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
         # the caps are read when torch loads: start again with them set (torch may be imported already)
         cmd = [sys.executable, "-m", "helpers.llamacpp", *(argv if argv is not None else sys.argv[1:])]
@@ -293,40 +366,55 @@ def main(argv=None) -> int:
 
     from . import device, ladder, models, results
 
+    gpu = args.device == "cuda"
+    if gpu and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU here; run it on a GPU machine, or leave --device out")
     if args.record:
         results.start_recording("llamacpp", argv)
     threads = torch.get_num_threads()
-    print(f"{device.cpu_summary()}; {threads} threads for both")
-    bench_path = find_bench(args.isa) or build(args.isa)
+    if gpu:
+        major, minor = torch.cuda.get_device_capability()
+        print(f"{torch.cuda.get_device_name()} (compute capability {major}.{minor}); host CPU {device.cpu_summary()}")
+        bench_path = find_bench("cuda") or build("cuda", cuda_arch=f"{major}{minor}")
+    else:
+        print(f"{device.cpu_summary()}; {threads} threads for both")
+        bench_path = find_bench(args.isa) or build(args.isa)
     model, tok = models.load(args.model, device="cpu")
+    ours = models.load(args.model, device="cuda", dtype=torch.bfloat16, verbose=False)[0] if gpu else model
     with tempfile.TemporaryDirectory() as tmp:
         ggufs = {t: convert(model, tok, Path(tmp), t) for t in ("f16", "q8_0")}
         lengths = dict(prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
-        timing = dict(lengths, device="cpu")
+        timing = dict(lengths, device=args.device)
         rows = [{**r, "round": "before"} for r in ladder.run(args.model, **timing)]
         for kind, path in ggufs.items():
-            for r in bench(bench_path, path, threads, args.new_tokens, args.prompt_len, args.repeats):
+            for r in bench(bench_path, path, threads, args.new_tokens, args.prompt_len, args.repeats, gpu=gpu):
                 rows.append({**r, "label": bench_label(kind), "round": "llama.cpp"})
         rows += [{**r, "round": "after"} for r in ladder.run(args.model, **timing)]
-        rows += paired(model, tok, args.model, bench_path, ggufs["q8_0"], threads, args.pairs, **lengths)
+        pair_args = (ours, tok, args.model, bench_path, ggufs["q8_0"], threads, args.pairs)
+        rows += paired(*pair_args, **lengths, gpu=gpu)
     first = next(r for r in rows if r["label"] == "generate(), fp32 eager")["decode_tok_s"]
     for r in rows:
         r["vs_fp32_eager"] = r["decode_tok_s"] / first
         print(f"{r['round']:>9} | {r['label']:<50} | {r['decode_tok_s']:8.1f} tokens/s | {r['vs_fp32_eager']:.2f}x")
         keep = {k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        where = {"device_name": device.name(torch.device("cpu")), "device_type": "cpu"}  # a CPU, also on a GPU host
+        if gpu:  # the GPU's name files the run; the host CPU is named too
+            where = {"device_name": device.name(torch.device("cuda")), "device_type": "cuda"}
+            where["cpu"] = device.cpu_summary()
+        else:  # a CPU, also on a GPU host
+            where = {"device_name": device.name(torch.device("cpu")), "device_type": "cpu"}
         if args.isa != "native":  # a file of its own, and a CPU line that says what was capped
             where["device_name"] += f", {args.isa.upper()} builds"
             where["cpu"] = (
                 f"{device.cpu_summary()}; both programs built for {args.isa.upper()} only (PyTorch's ATen, MKL and "
                 "oneDNN kernels capped too; FBGEMM's dynamic int8 chooses its own)"
             )
-        results.record(
-            {**keep, "model": args.model, "threads": threads, **where}, notebook="llamacpp", technique=r["label"]
-        )
+        tag = GPU_TAG if gpu else "llamacpp"
+        results.record({**keep, "model": args.model, "threads": threads, **where}, notebook=tag, technique=r["label"])
     ratio = paired_ratio(rows)
     if ratio:
         print(paired_sentence(ratio))
+    if gpu:
+        print(gpu_target(ratio))
     return 0
 
 

@@ -18,7 +18,7 @@ import json
 import re
 
 from .ladder import TARGETS, verdict
-from .llamacpp import paired_ratio, paired_sentence
+from .llamacpp import GPU_TAG, gpu_target, paired_ratio, paired_sentence
 from .results import ROOT, recorded, recorded_markdown, source_line
 
 README = ROOT / "README.md"
@@ -58,12 +58,19 @@ def ladder_targets(device_type: str | None = None) -> str:
 
 def llamacpp_pairs() -> str:
     """One line per recorded llama.cpp comparison: the verdict of its pairs (the fair comparison on a machine
-    whose speed drifts), with the machine and its instruction sets."""
+    whose speed drifts), with the machine (a CPU with its instruction sets, or a GPU and its host CPU); on a GPU
+    also issue #21's target."""
     lines = []
-    for rows in recorded("llamacpp").values():
-        ratio = paired_ratio(rows)
-        said = paired_sentence(ratio) if ratio else "no pairs in this run (recorded before they existed)"
-        lines.append(f"- {rows[0]['cpu']} ({rows[0]['date']}): {said}")
+    for tag in ("llamacpp", GPU_TAG):
+        for rows in recorded(tag).values():
+            ratio = paired_ratio(rows)
+            said = paired_sentence(ratio) if ratio else "no pairs in this run (recorded before they existed)"
+            if tag == GPU_TAG:
+                where = f"{rows[0]['device_name']} (host CPU: {rows[0]['cpu']})"
+                said += f"; target: {gpu_target(ratio)}"
+            else:
+                where = rows[0]["cpu"]
+            lines.append(f"- {where} ({rows[0]['date']}): {said}")
     return "\n".join(lines) or "No recorded llama.cpp run yet: `python -m helpers.llamacpp --record`."
 
 

@@ -71,6 +71,10 @@ def read_jsonl(target: Path) -> list[dict]:
     return rows
 
 
+# the commands that record a tag which is neither a notebook nor named for its helper module
+COMMANDS = {"llamacpp_gpu": "python -m helpers.llamacpp --device cuda --record"}
+
+
 def start_recording(module: str, argv=None) -> None:
     """A command's ``--record``: keep this process's records in ``results/recorded/`` (``WORKBOOK_RECORD``),
     with the command that made them (``python -m helpers.<module> <arguments>``) unless one is set already."""
@@ -244,8 +248,8 @@ def _render(notebook, found, columns, headers, device_type) -> str:
         where = {"cuda": "on a GPU ", "cpu": "on a CPU "}.get(device_type or "", "")
         if (NOTEBOOKS / f"{notebook}.ipynb").exists():
             how = f"python -m helpers.execute --record notebooks/{notebook}.ipynb"
-        else:  # a command's records (the ladder, the timeline, the roofline)
-            how = f"python -m helpers.{notebook} --record"
+        else:  # a command's records (the ladder, the timeline, the roofline, llama.cpp on a GPU)
+            how = COMMANDS.get(notebook, f"python -m helpers.{notebook} --record")
         return (
             f"No run of this {where}has been recorded yet, so there is nothing to show here. (Runs are recorded "
             f"with `{how}` on the device.)"

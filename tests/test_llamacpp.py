@@ -76,7 +76,7 @@ def test_pairs_are_compared_within_each_pair():
     rows = [{"round": "before", "label": ladder.Q8_LABEL, "decode_tok_s": 500.0}]  # not a pair: left out
     rows += _pair(1, 110.0, 100.0) + _pair(2, 150.0, 200.0) + _pair(3, 90.0, 100.0)
     ratio = llamacpp.paired_ratio(rows)
-    assert ratio == {"median": 0.9, "min": 0.75, "max": 1.1, "pairs": 3}
+    assert ratio == {"median": 0.9, "min": 0.75, "max": 1.1, "pairs": 3, "ours": ladder.Q8_LABEL}
     assert "no consistent difference" in llamacpp.paired_sentence(ratio)
     assert "faster in every pair" in llamacpp.paired_sentence(llamacpp.paired_ratio(_pair(1, 120.0, 100.0)))
     assert "slower in every pair" in llamacpp.paired_sentence(llamacpp.paired_ratio(_pair(1, 80.0, 100.0)))
@@ -113,3 +113,72 @@ def test_a_crashing_llama_bench_says_so_and_what_to_try(tmp_path):
     fake.chmod(0o755)
     with pytest.raises(RuntimeError, match=r"crashed .*signal 11, SIGSEGV.*--isa avx2"):
         llamacpp.bench(fake, tmp_path / "model.gguf", threads=2, new_tokens=8, depth=4, repeats=1)
+
+
+def test_a_cuda_build_names_the_gpu_and_says_when_nvcc_is_missing(tmp_path, monkeypatch):
+    """--device cuda: llama.cpp's CUDA backend for the GPU's compute capability, in a folder of its own; without
+    nvcc the error says where to find it; a CUDA build without a capability, or a capability without CUDA, is
+    refused."""
+    calls = []
+    monkeypatch.setattr(llamacpp, "CACHE", tmp_path)
+    monkeypatch.setattr(llamacpp, "sources", lambda: tmp_path / "src")
+    monkeypatch.setattr(llamacpp, "_run", lambda cmd, what, **kw: calls.append(cmd))
+    monkeypatch.delenv("CUDACXX", raising=False)
+    monkeypatch.setattr(llamacpp.shutil, "which", lambda tool: None if tool == "nvcc" else f"/usr/bin/{tool}")
+    with pytest.raises(RuntimeError, match="nvcc.*PATH"):
+        llamacpp.build("cuda", cuda_arch="90")
+    monkeypatch.setattr(llamacpp.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    assert llamacpp.build("cuda", cuda_arch="90") == tmp_path / "build-cuda" / "bin" / "llama-bench"
+    configure = calls[0]
+    assert "-DGGML_CUDA=ON" in configure and "-DCMAKE_CUDA_ARCHITECTURES=90" in configure
+    assert str(tmp_path / "build-cuda") in configure
+    for wrong in (dict(isa="cuda"), dict(isa="native", cuda_arch="90")):
+        with pytest.raises(ValueError, match="compute capability"):
+            llamacpp.build(**wrong)
+
+
+def test_a_cpu_build_asked_to_run_on_the_gpu_is_refused(tmp_path):
+    """llama-bench without a GPU backend ignores -ngl and decodes on the CPU: a GPU comparison would be wrong
+    without a word, so it stops and says what to do."""
+    fake = tmp_path / "llama-bench"
+    fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{BENCH_JSON}\nEOF\n")
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError, match="without a GPU backend.*LLAMA_CPP_BIN"):
+        llamacpp.bench(fake, tmp_path / "model.gguf", threads=2, new_tokens=8, depth=4, repeats=1, gpu=True)
+    (row,) = llamacpp.bench(fake, tmp_path / "model.gguf", threads=2, new_tokens=8, depth=4, repeats=1)
+    assert row["gpu_info"] is None  # on the CPU
+
+
+def test_the_gpu_target_is_checked_in_every_pair():
+    rows = []
+    for k, (ours, theirs) in enumerate([(6100.0, 2000.0), (6200.0, 1900.0)], 1):
+        rows += [
+            {"round": f"pair {k}", "label": ladder.triton_label("bf16"), "decode_tok_s": ours},
+            {"round": f"pair {k}", "label": llamacpp.bench_label("q8_0"), "decode_tok_s": theirs},
+        ]
+    ratio = llamacpp.paired_ratio(rows)
+    assert ratio["ours"] == ladder.triton_label("bf16") and ratio["pairs"] == 2
+    assert llamacpp.gpu_target(ratio).startswith("[met]") and "3.05x-3.26x" in llamacpp.gpu_target(ratio)
+    assert "the workbook's Triton decode step (bf16) decoded 3.16x" in llamacpp.paired_sentence(ratio)
+    rows[0]["decode_tok_s"] = 5900.0  # 2.95x in the first pair: not at least 3x in every pair
+    assert llamacpp.gpu_target(llamacpp.paired_ratio(rows)).startswith("[NOT met]")
+    assert llamacpp.gpu_target(None).startswith("[not checked]")
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [(["--device", "cuda", "--isa", "avx2"], "--isa caps a CPU build"), (["--device", "tpu"], "invalid choice")],
+)
+def test_device_arguments_that_cannot_work_are_refused(argv, said, capsys):
+    with pytest.raises(SystemExit):
+        llamacpp.main(argv)
+    assert said in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_says_so(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        llamacpp.main(["--device", "cuda"])
+    assert "torch sees no CUDA GPU here" in capsys.readouterr().err

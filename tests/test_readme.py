@@ -46,3 +46,18 @@ def test_llamacpp_pairs_give_each_recorded_runs_verdict(recorded_dir, monkeypatc
             results.record(row, notebook="llamacpp")
     (line,) = readme.llamacpp_pairs().splitlines()
     assert line.startswith("- Some CPU, AVX2 (") and "1.15x" in line and "faster in every pair" in line
+
+
+def test_a_gpu_llamacpp_run_gives_its_gpu_and_the_target(recorded_dir, monkeypatch):
+    """A run of ``helpers.llamacpp --device cuda`` is listed with its GPU and host CPU and issue #21's target."""
+    from helpers import ladder, llamacpp
+
+    monkeypatch.setenv("WORKBOOK_RECORD", "1")
+    where = {"device_name": "Some GPU", "device_type": "cuda", "cpu": "Some CPU, AVX2"}
+    for k, (ours, theirs) in enumerate([(6000.0, 1900.0), (5800.0, 2000.0)], 1):
+        for label, tok_s in ((ladder.triton_label("bf16"), ours), (llamacpp.bench_label("q8_0"), theirs)):
+            row = {"round": f"pair {k}", "label": label, "decode_tok_s": tok_s, **where}
+            results.record(row, notebook=llamacpp.GPU_TAG)
+    (line,) = readme.llamacpp_pairs().splitlines()
+    assert line.startswith("- Some GPU (host CPU: Some CPU, AVX2) (") and "Triton decode step" in line
+    assert "[NOT met]" in line and "2.90x-3.16x" in line  # 5800/2000 is below 3x: one pair misses the target

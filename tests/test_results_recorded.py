@@ -76,6 +76,9 @@ def test_missing_recorded_run_says_how_to_make_one(recorded_dir):
         "05_graphs_and_compilation", ["x"], device_type="nothing"
     )
     assert "`python -m helpers.timeline --record`" in results.recorded_markdown("timeline", ["x"], device_type="x")
+    # a tag named neither for a notebook nor for its module: the command that records it
+    made_by = results.recorded_markdown("llamacpp_gpu", ["x"], device_type="x")
+    assert "`python -m helpers.llamacpp --device cuda --record`" in made_by
 
 
 def test_a_single_run_each_is_no_spread():
