@@ -338,6 +338,12 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=3, help="rounds of the workbook's step and llama.cpp q8_0")
     parser.add_argument("--record", action="store_true", help="keep the rows in results/recorded/ (committed)")
     parser.add_argument(
+        "--no-ladder",
+        action="store_true",
+        help="leave out the two runs of the ladder around llama.cpp's rows (minutes on a GPU, where the compiled "
+        "rows compile): llama.cpp's rows and the pairs only",
+    )
+    parser.add_argument(
         "--device",
         choices=["cpu", "cuda"],
         default="cpu",
@@ -385,17 +391,20 @@ def main(argv=None) -> int:
         ggufs = {t: convert(model, tok, Path(tmp), t) for t in ("f16", "q8_0")}
         lengths = dict(prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
         timing = dict(lengths, device=args.device)
-        rows = [{**r, "round": "before"} for r in ladder.run(args.model, **timing)]
+        around = (lambda: []) if args.no_ladder else (lambda: ladder.run(args.model, **timing))
+        rows = [{**r, "round": "before"} for r in around()]
         for kind, path in ggufs.items():
             for r in bench(bench_path, path, threads, args.new_tokens, args.prompt_len, args.repeats, gpu=gpu):
                 rows.append({**r, "label": bench_label(kind), "round": "llama.cpp"})
-        rows += [{**r, "round": "after"} for r in ladder.run(args.model, **timing)]
+        rows += [{**r, "round": "after"} for r in around()]
         pair_args = (ours, tok, args.model, bench_path, ggufs["q8_0"], threads, args.pairs)
         rows += paired(*pair_args, **lengths, gpu=gpu)
-    first = next(r for r in rows if r["label"] == "generate(), fp32 eager")["decode_tok_s"]
+    first = next((r for r in rows if r["label"] == "generate(), fp32 eager"), None)  # none with --no-ladder
     for r in rows:
-        r["vs_fp32_eager"] = r["decode_tok_s"] / first
-        print(f"{r['round']:>9} | {r['label']:<50} | {r['decode_tok_s']:8.1f} tokens/s | {r['vs_fp32_eager']:.2f}x")
+        if first:
+            r["vs_fp32_eager"] = r["decode_tok_s"] / first["decode_tok_s"]
+        than_first = f" | {r['vs_fp32_eager']:.2f}x" if first else ""
+        print(f"{r['round']:>9} | {r['label']:<50} | {r['decode_tok_s']:8.1f} tokens/s{than_first}")
         keep = {k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None}
         if gpu:  # the GPU's name files the run; the host CPU is named too
             where = {"device_name": device.name(torch.device("cuda")), "device_type": "cuda"}

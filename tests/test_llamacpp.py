@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from helpers import ladder, llamacpp, q8
+from helpers import ladder, llamacpp, models, q8
 
 BENCH_JSON = json.dumps(
     [
@@ -182,3 +182,21 @@ def test_cuda_without_a_gpu_says_so(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         llamacpp.main(["--device", "cuda"])
     assert "torch sees no CUDA GPU here" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not q8.available()[0], reason="the q8_0 kernel cannot build here")
+def test_without_the_ladder_the_run_is_llama_cpps_rows_and_the_pairs(
+    tiny_model, tokenizer, tmp_path, monkeypatch, capsys
+):
+    """--no-ladder: llama.cpp's rows (f16, q8_0) and the pairs, and no ratio to a first row that was not run."""
+    fake = tmp_path / "llama-bench"
+    fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{BENCH_JSON}\nEOF\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(llamacpp, "find_bench", lambda isa: fake)
+    monkeypatch.setattr(llamacpp, "convert", lambda model, tok, folder, kind: folder / f"model-{kind}.gguf")
+    monkeypatch.setattr(models, "load", lambda *a, **kw: (tiny_model, tokenizer))
+    argv = ["--no-ladder", "--pairs", "1", "--repeats", "1", "--new-tokens", "3", "--prompt-len", "4"]
+    assert llamacpp.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "before" not in out and "after" not in out and out.count("llama.cpp f16") == 1
+    assert "pair 1" in out and "in 1 pairs" in out
