@@ -63,35 +63,50 @@ GPU_TARGET = 3.0  # the workbook's Triton step at least this many times llama.cp
 GPU_TAG = "llamacpp_gpu"  # a GPU run's records: results/recorded/llamacpp_gpu--<GPU>.jsonl, apart from the CPUs'
 
 
-def _build_dir(isa: str) -> Path:
+def _build_dir(isa: str, cuda_arch: str | None = None) -> Path:
+    """The cache's build folder: one per CPU cap, and one per GPU compute capability (a build for 9.0 does not
+    run on an 8.0 GPU)."""
+    if isa == "cuda":
+        return CACHE / f"build-cuda-sm{cuda_arch}"
     return CACHE / ("build" if isa == "native" else f"build-{isa}")
 
 
-def find_bench(isa: str = "native") -> Path | None:
+def find_bench(isa: str = "native", cuda_arch: str | None = None) -> Path | None:
     """``llama-bench`` from ``$LLAMA_CPP_BIN``, ``PATH`` or an earlier build in the cache, or None; for a capped
-    ``isa`` only the cache's build of it."""
-    if isa != "native":
-        found = _build_dir(isa) / "bin" / "llama-bench"
-        return found if found.exists() else None
-    for folder in (os.environ.get("LLAMA_CPP_BIN"), _build_dir("native") / "bin"):
+    ``isa`` only the cache's build of it; for ``isa`` "cuda" ``$LLAMA_CPP_BIN`` or the cache's build for compute
+    capability ``cuda_arch`` (a build without CUDA is refused when it runs: ``bench``)."""
+    if isa == "cuda":
+        folders = (os.environ.get("LLAMA_CPP_BIN"), _build_dir(isa, cuda_arch) / "bin")
+    elif isa != "native":
+        folders = (_build_dir(isa) / "bin",)
+    else:
+        folders = (os.environ.get("LLAMA_CPP_BIN"), _build_dir("native") / "bin")
+    for folder in folders:
         if folder and (Path(folder) / "llama-bench").exists():
             return Path(folder) / "llama-bench"
-    found = shutil.which("llama-bench")
+    found = shutil.which("llama-bench") if isa == "native" else None
     return Path(found) if found else None
 
 
-def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+CPU_CRASH = (
+    "A build for this CPU's newest instructions can crash where an older set runs: try again with --isa avx2 (both "
+    "programs built for AVX2 only)."
+)
+GPU_CRASH = (
+    "llama.cpp's CUDA backend aborts on a CUDA error (its message is below): a build for another GPU, or a driver "
+    "older than the CUDA compiler; delete the build folder named above and run again to rebuild for this GPU."
+)
+
+
+def _run(cmd: list[str], what: str, crash_hint: str = CPU_CRASH, **kw) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (``what`` names it in errors); a crash (killed by a signal) says ``crash_hint``."""
     done = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if not done.returncode:
         return done
     command, output = " ".join(map(str, cmd[:3])), (done.stderr or done.stdout)[-1500:]
     if done.returncode < 0:  # killed by a signal: a crash prints nothing of its own
         name = signal.Signals(-done.returncode).name if -done.returncode in signal.valid_signals() else "?"
-        raise RuntimeError(
-            f"{what} crashed ({command} ...: signal {-done.returncode}, {name}). A build for this CPU's newest "
-            f"instructions can crash where an older set runs: try again with --isa avx2 (both programs built for "
-            f"AVX2 only).\n{output}"
-        )
+        raise RuntimeError(f"{what} crashed ({command} ...: signal {-done.returncode}, {name}). {crash_hint}\n{output}")
     raise RuntimeError(f"{what} failed ({command} ...):\n{output}")
 
 
@@ -102,7 +117,17 @@ def sources() -> Path:
         return found[-1]
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-q", "-d", tmp, SDIST], "pip")
+        try:
+            _run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-q", "-d", tmp, SDIST],
+                "pip",
+            )
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"Could not download llama.cpp's sources (pip download {SDIST}). Without internet, copy the "
+                f"unpacked source package (a folder llama_cpp_python-<version>) into {CACHE}, or point "
+                f"LLAMA_CPP_BIN at a folder with a llama-bench you built.\n{err}"
+            ) from None
         archive = next(Path(tmp).glob("*.tar.gz"))
         shutil.unpack_archive(archive, CACHE)
     return sorted(CACHE.glob("llama_cpp_python-*/vendor/llama.cpp"))[-1]
@@ -122,12 +147,12 @@ def build(isa: str = "native", cuda_arch: str | None = None) -> Path:
                 f"Building llama.cpp needs {tool}, which this machine lacks. Install cmake and a C++ compiler, or "
                 "point LLAMA_CPP_BIN at a folder with a llama-bench you built."
             )
-    if isa == "cuda" and not (os.environ.get("CUDACXX") or shutil.which("nvcc")):
+    if isa == "cuda" and not (os.environ.get("CUDACXX") or shutil.which("nvcc")):  # the CUDA compiler
         raise RuntimeError(
             "Building llama.cpp for a GPU needs CUDA's compiler nvcc, which is not on PATH. Add the CUDA toolkit's "
             "bin folder to PATH (on Colab: export PATH=/usr/local/cuda/bin:$PATH) or set CUDACXX to nvcc's path."
         )
-    src, out = sources(), _build_dir(isa)
+    src, out = sources(), _build_dir(isa, cuda_arch)
     cuda = ["-DGGML_NATIVE=ON", "-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
     flags = ["-DCMAKE_BUILD_TYPE=Release", *(cuda if isa == "cuda" else ISA_FLAGS[isa]), "-DLLAMA_CURL=OFF"]
     flags += ["-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
@@ -182,7 +207,7 @@ def parse_bench(text: str) -> list[dict]:
                 "decode_tok_s_max": max(samples),
                 "build": r.get("build_commit"),
                 "cpu_info": r.get("cpu_info"),
-                "gpu_info": r.get("gpu_info") if r.get("n_gpu_layers") else None,  # the GPU its layers ran on
+                "gpu_info": (r.get("gpu_info") or None) if r.get("n_gpu_layers") else None,  # where its layers ran
             }
         )
     return rows
@@ -191,16 +216,19 @@ def parse_bench(text: str) -> list[dict]:
 def bench(
     bench_path: Path, gguf: Path, threads: int, new_tokens: int, depth: int, repeats: int, gpu: bool = False
 ) -> list[dict]:
-    """``llama-bench`` decoding ``new_tokens`` after ``depth`` tokens, ``repeats`` times, as rows; ``gpu``: every
-    layer on the GPU (``-ngl 99``), refused when the build has no GPU backend."""
+    """``llama-bench`` decoding ``new_tokens`` after ``depth`` tokens, ``repeats`` times, as rows: every layer on
+    the GPU with ``gpu`` (``-ngl 99``), none without (``-ngl 0``: a CUDA build would otherwise put them there);
+    refused when the layers ran elsewhere than asked."""
     cmd = [str(bench_path), "-m", str(gguf), "-p", "0", "-n", str(new_tokens), "-d", str(depth)]
-    cmd += ["-t", str(threads), "-r", str(repeats), "-o", "json"] + (["-ngl", "99"] if gpu else [])
-    rows = parse_bench(_run(cmd, "llama-bench").stdout)
+    cmd += ["-t", str(threads), "-r", str(repeats), "-o", "json", "-ngl", "99" if gpu else "0"]
+    rows = parse_bench(_run(cmd, "llama-bench", crash_hint=GPU_CRASH if gpu else CPU_CRASH).stdout)
     if gpu and not all(r["gpu_info"] for r in rows):
         raise RuntimeError(
-            f"{bench_path} was built without a GPU backend, so it decoded on the CPU. Unset LLAMA_CPP_BIN or remove "
-            "that llama-bench from PATH, so that --device cuda builds llama.cpp with CUDA."
+            f"{bench_path} was built without a GPU backend, so it decoded on the CPU. If LLAMA_CPP_BIN names its "
+            "folder, unset it, so that --device cuda builds llama.cpp with CUDA for this GPU."
         )
+    if not gpu and any(r["gpu_info"] for r in rows):
+        raise RuntimeError(f"{bench_path} put layers on a GPU although -ngl 0 asked for none; time it on a CPU build.")
     return rows
 
 
@@ -227,13 +255,16 @@ def paired(
     ``tok``) and llama.cpp q8_0 on ``gguf`` (the same model converted), the workbook first in odd rounds and
     llama.cpp first in even ones; rows with ``round`` "pair 1", "pair 2", ... and ``first`` (which ran first).
     The workbook's path: on a CPU the q8_0 decode step in C++ (none where it cannot be built: no rows), with
-    ``gpu`` (``model`` in bf16 on a GPU) the hand-written Triton step, as the ladder's row of it runs."""
+    ``gpu`` (``model`` in half precision on a GPU) the hand-written Triton step, as the ladder's row of it runs."""
+    import torch
+
     from . import bench as workbook_bench
     from . import fastgen, q8
     from .ladder import GRAPH_STEPS, Q8_LABEL, triton_label
 
     if gpu:
-        fast, label = fastgen.FastGPT2(model, graph_steps=GRAPH_STEPS, kernels=True), triton_label("bf16")
+        half = {torch.bfloat16: "bf16", torch.float16: "fp16"}[model.dtype]  # the ladder's name of the format
+        fast, label = fastgen.FastGPT2(model, graph_steps=GRAPH_STEPS, kernels=True), triton_label(half)
     else:
         ok, why = q8.available()
         if not ok:
@@ -370,23 +401,33 @@ def main(argv=None) -> int:
     quiet()  # importing transformers imports torchao, which logs about GPU kernels a CPU lacks
     import torch
 
-    from . import device, ladder, models, results
+    from . import capability, device, ladder, models, results
 
     gpu = args.device == "cuda"
     if gpu and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA GPU here; run it on a GPU machine, or leave --device out")
+    if gpu and not (step := capability.triton_step(capability.capability(torch.device("cuda")))):
+        parser.error(
+            f"--device cuda pairs llama.cpp with the workbook's Triton step, which runs here only where it "
+            f"was checked: {step.why}"
+        )
     if args.record:
         results.start_recording("llamacpp", argv)
     threads = torch.get_num_threads()
     if gpu:
         major, minor = torch.cuda.get_device_capability()
         print(f"{torch.cuda.get_device_name()} (compute capability {major}.{minor}); host CPU {device.cpu_summary()}")
-        bench_path = find_bench("cuda") or build("cuda", cuda_arch=f"{major}{minor}")
+        arch = f"{major}{minor}"
+        bench_path = find_bench("cuda", arch) or build("cuda", cuda_arch=arch)
     else:
         print(f"{device.cpu_summary()}; {threads} threads for both")
         bench_path = find_bench(args.isa) or build(args.isa)
     model, tok = models.load(args.model, device="cpu")
-    ours = models.load(args.model, device="cuda", dtype=torch.bfloat16, verbose=False)[0] if gpu else model
+    if gpu:  # the Triton step's model: the half-precision format the ladder uses on this GPU
+        half = capability.half_dtype(capability.capability(torch.device("cuda"))).value
+        ours = models.load(args.model, device="cuda", dtype=half, verbose=False)[0]
+    else:
+        ours = model
     with tempfile.TemporaryDirectory() as tmp:
         ggufs = {t: convert(model, tok, Path(tmp), t) for t in ("f16", "q8_0")}
         lengths = dict(prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)

@@ -128,10 +128,19 @@ def test_a_cuda_build_names_the_gpu_and_says_when_nvcc_is_missing(tmp_path, monk
     with pytest.raises(RuntimeError, match="nvcc.*PATH"):
         llamacpp.build("cuda", cuda_arch="90")
     monkeypatch.setattr(llamacpp.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    assert llamacpp.build("cuda", cuda_arch="90") == tmp_path / "build-cuda" / "bin" / "llama-bench"
+    assert llamacpp.build("cuda", cuda_arch="90") == tmp_path / "build-cuda-sm90" / "bin" / "llama-bench"
     configure = calls[0]
     assert "-DGGML_CUDA=ON" in configure and "-DCMAKE_CUDA_ARCHITECTURES=90" in configure
-    assert str(tmp_path / "build-cuda") in configure
+    assert str(tmp_path / "build-cuda-sm90") in configure
+    # a build for one GPU is not found for another; LLAMA_CPP_BIN is taken (bench refuses it if it has no CUDA)
+    (tmp_path / "build-cuda-sm90" / "bin").mkdir(parents=True)
+    (tmp_path / "build-cuda-sm90" / "bin" / "llama-bench").write_text("")
+    monkeypatch.delenv("LLAMA_CPP_BIN", raising=False)
+    assert llamacpp.find_bench("cuda", "90") == tmp_path / "build-cuda-sm90" / "bin" / "llama-bench"
+    assert llamacpp.find_bench("cuda", "80") is None  # and PATH's llama-bench is not taken for a GPU
+    monkeypatch.setenv("LLAMA_CPP_BIN", str(tmp_path))
+    (tmp_path / "llama-bench").write_text("")
+    assert llamacpp.find_bench("cuda", "80") == tmp_path / "llama-bench"
     for wrong in (dict(isa="cuda"), dict(isa="native", cuda_arch="90")):
         with pytest.raises(ValueError, match="compute capability"):
             llamacpp.build(**wrong)
@@ -200,3 +209,38 @@ def test_without_the_ladder_the_run_is_llama_cpps_rows_and_the_pairs(
     out = capsys.readouterr().out
     assert "before" not in out and "after" not in out and out.count("llama.cpp f16") == 1
     assert "pair 1" in out and "in 1 pairs" in out
+
+
+def _stand_in(tmp_path, **fields):
+    """A llama-bench that writes its arguments to args.txt and prints BENCH_JSON's row with ``fields``."""
+    row = {**json.loads(BENCH_JSON)[0], **fields}
+    fake = tmp_path / "llama-bench"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args.txt'}\ncat <<'EOF'\n{json.dumps([row])}\nEOF\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def test_layers_go_where_asked_and_a_run_elsewhere_is_refused(tmp_path):
+    """-ngl 99 on a GPU, -ngl 0 on a CPU (a CUDA build's default puts every layer on the GPU); a GPU run is kept
+    with the GPU's name, and a CPU run whose layers went to a GPU is refused."""
+    timing = dict(threads=2, new_tokens=8, depth=4, repeats=1)
+    on_gpu = _stand_in(tmp_path, gpu_info="NVIDIA H100 80GB HBM3", n_gpu_layers=99)
+    (row,) = llamacpp.bench(on_gpu, tmp_path / "model.gguf", **timing, gpu=True)
+    assert "-ngl 99" in (tmp_path / "args.txt").read_text() and row["gpu_info"] == "NVIDIA H100 80GB HBM3"
+    with pytest.raises(RuntimeError, match="-ngl 0 asked for none"):
+        llamacpp.bench(on_gpu, tmp_path / "model.gguf", **timing)
+    assert "-ngl 0" in (tmp_path / "args.txt").read_text()
+    on_cpu = _stand_in(tmp_path, gpu_info="", n_gpu_layers=0)
+    (row,) = llamacpp.bench(on_cpu, tmp_path / "model.gguf", **timing)
+    assert row["gpu_info"] is None
+
+
+def test_a_gpu_where_the_triton_step_was_not_checked_is_refused(monkeypatch, capsys):
+    """The pairs run the Triton step, checked on 9.x GPUs only: an A100 (8.0) is told why before anything builds."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("WORKBOOK_FAKE_CAPABILITY", "8.0")
+    with pytest.raises(SystemExit):
+        llamacpp.main(["--device", "cuda"])
+    assert "checked on 9.x GPUs only" in capsys.readouterr().err
