@@ -75,7 +75,7 @@ class FastGPT2(nn.Module):
     ``kernels``: greedy decoding at batch 1 runs a hand-written step: on a GPU the Triton step (``triton_step``),
     ``graph_steps`` steps per CUDA graph, which ``"auto"`` uses where it was checked, with float weights and
     ``graph_steps > 1``; ``"persistent"`` runs the GPU's step as one persistent kernel a token instead of one
-    kernel a stage (``persistent_step``; not yet timed on a GPU, so never chosen by ``"auto"``); with
+    kernel a stage (``persistent_step``; slower than the Triton step where timed, so never chosen by ``"auto"``); with
     ``int8="q8_0"`` the C++ step (``cpu_step``: the whole token in one call), which
     ``"auto"`` uses with a float KV cache. With ``kernels=True``, greedy batches of several sequences run the
     batched Triton step (``batched_step``: products on tensor cores), which ``"auto"`` uses where
