@@ -36,10 +36,10 @@ barriers are counted and passed.
 
 Status: its tokens equal the eager decoder's in the tests, in the interpreter and on an H100. Timed on an H100
 (``python -m helpers.ladder --persistent``, ``python -m helpers.timeline``; recorded in ``results/recorded/``),
-it was slower than the Triton step. Why is not measured yet; candidates are its grid barriers between every two stages (each
-waits for the slowest program), and its one program a multiprocessor, where the Triton step's kernels keep more
-programs, and more reads, in flight on each. So ``FastGPT2`` uses it only when asked (``kernels="persistent"``);
-notebook 05 shows the profile.
+it was slower than the Triton step. Why is not measured yet; candidates are its grid barriers between every two
+stages (each waits for the slowest program), and its one program a multiprocessor, where the Triton step's
+kernels keep more programs, and more reads, in flight on each. So ``FastGPT2`` uses it only when asked
+(``kernels="persistent"``); notebook 05 shows the profile.
 """
 
 from __future__ import annotations
