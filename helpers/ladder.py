@@ -47,6 +47,11 @@ Q8_COMPILED_LABEL = "FastGPT2, q8_0 weights (workbook kernel), compiled"  # the 
 Q8_LABEL = "FastGPT2, q8_0 weights (workbook kernel), decode step in C++"  # the fastest CPU row (notebook 03c)
 
 
+def short_dtype(dtype: torch.dtype) -> str:
+    """The rows' name of a dtype: bf16, fp16, or fp32."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
 def triton_label(kind: str = "bf16") -> str:
     """The label of the hand-written Triton step's row (``kind``: its half-precision format)."""
     return f"FastGPT2, {kind}, Triton kernels, {GRAPH_STEPS} steps per CUDA graph"
@@ -161,7 +166,7 @@ def run(
     hf16 = models.load(model_name, device=dev, dtype=half.value, verbose=False)[0] if on_gpu else None
     bw = devices.bandwidth(dev)
     records = []
-    short = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(half.value, "fp32")
+    short = short_dtype(half.value)
     rows = [(*row, 1) for row in _rows(hf32, hf16, on_gpu, half=short, triton_step=bool(step), persistent=persistent)]
     if batches and not (on_gpu and step):
         print("ladder: no batch rows: the batched Triton step runs on GPUs where the Triton step was checked")

@@ -256,15 +256,13 @@ def paired(
     llama.cpp first in even ones; rows with ``round`` "pair 1", "pair 2", ... and ``first`` (which ran first).
     The workbook's path: on a CPU the q8_0 decode step in C++ (none where it cannot be built: no rows), with
     ``gpu`` (``model`` in half precision on a GPU) the hand-written Triton step, as the ladder's row of it runs."""
-    import torch
-
     from . import bench as workbook_bench
     from . import fastgen, q8
-    from .ladder import GRAPH_STEPS, Q8_LABEL, triton_label
+    from .ladder import GRAPH_STEPS, Q8_LABEL, short_dtype, triton_label
 
     if gpu:
-        half = {torch.bfloat16: "bf16", torch.float16: "fp16"}[model.dtype]  # the ladder's name of the format
-        fast, label = fastgen.FastGPT2(model, graph_steps=GRAPH_STEPS, kernels=True), triton_label(half)
+        fast = fastgen.FastGPT2(model, graph_steps=GRAPH_STEPS, kernels=True)
+        label = triton_label(short_dtype(model.dtype))
     else:
         ok, why = q8.available()
         if not ok:
@@ -406,7 +404,8 @@ def main(argv=None) -> int:
     gpu = args.device == "cuda"
     if gpu and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA GPU here; run it on a GPU machine, or leave --device out")
-    if gpu and not (step := capability.triton_step(capability.capability(torch.device("cuda")))):
+    cc = capability.capability(torch.device("cuda")) if gpu else None  # (major, minor)
+    if gpu and not (step := capability.triton_step(cc)):
         parser.error(
             f"--device cuda pairs llama.cpp with the workbook's Triton step, which runs here only where it "
             f"was checked: {step.why}"
@@ -415,16 +414,15 @@ def main(argv=None) -> int:
         results.start_recording("llamacpp", argv)
     threads = torch.get_num_threads()
     if gpu:
-        major, minor = torch.cuda.get_device_capability()
-        print(f"{torch.cuda.get_device_name()} (compute capability {major}.{minor}); host CPU {device.cpu_summary()}")
-        arch = f"{major}{minor}"
+        print(f"{torch.cuda.get_device_name()} (compute capability {cc[0]}.{cc[1]}); host CPU {device.cpu_summary()}")
+        arch = f"{cc[0]}{cc[1]}"
         bench_path = find_bench("cuda", arch) or build("cuda", cuda_arch=arch)
     else:
         print(f"{device.cpu_summary()}; {threads} threads for both")
         bench_path = find_bench(args.isa) or build(args.isa)
     model, tok = models.load(args.model, device="cpu")
     if gpu:  # the Triton step's model: the half-precision format the ladder uses on this GPU
-        half = capability.half_dtype(capability.capability(torch.device("cuda"))).value
+        half = capability.half_dtype(cc).value
         ours = models.load(args.model, device="cuda", dtype=half, verbose=False)[0]
     else:
         ours = model
