@@ -32,6 +32,7 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(batched_step, "BLOCK_L", 16)
     monkeypatch.setattr(batched_step, "MAX_BLOCK_B", 16)
     monkeypatch.setattr(batched_step, "BLOCK_N", dict.fromkeys(batched_step.BLOCK_N, 16))
+    monkeypatch.setattr(batched_step, "SPLIT_K", {"proj": 2, "out": 4})  # sums in shares, added atomically
 
 
 def _prompts(batch: int, n: int = 34) -> torch.Tensor:
@@ -98,3 +99,53 @@ def test_a_sequence_that_sees_no_position_yet_gets_finite_values_and_a_real_toke
     step()
     assert torch.isfinite(step.x).all() and torch.isfinite(step.att).all()
     assert 0 <= int(step.tok.min()) and int(step.tok.max()) < sharp_model.config.vocab_size
+
+
+def test_sums_split_into_whole_tiles_or_not_at_all(monkeypatch):
+    monkeypatch.setattr(batched_step, "SPLIT_K", {"proj": 3, "out": 6})
+    monkeypatch.setattr(batched_step, "BLOCK_K", 64)
+    assert batched_step.k_share("proj", 768) == 256  # GPT-2's attention output: 3 shares of 4 tiles
+    assert batched_step.k_share("out", 3072) == 512  # the MLP's output: 6 shares of 8 tiles
+    assert batched_step.k_share("proj", 64 * 4) == 64 * 4  # 4 tiles do not split 3 ways: one program sums all
+    assert batched_step.k_share("qkv", 768) == 768  # a product that is not split
+
+
+def _values(value):
+    """An interpreted Triton value (scalar or block) as a numpy array."""
+    data = getattr(getattr(value, "handle", value), "data", value)
+    return torch.as_tensor(data).numpy()
+
+
+def _int(value) -> int:
+    return int(_values(value).reshape(-1)[0])
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="records the prefetches in the interpreter; a compiled kernel issues them")
+def test_the_prefetches_ask_for_every_weight_the_step_reads(sharp_model, small_tiles, monkeypatch):
+    """The prefetch instruction cannot run in the interpreter: record what each program would ask for (rows and
+    a share of the summed dimension of one weight) and check that, together, they cover every value of every
+    product's weight (the shares of split sums included) and ask for nothing outside them."""
+    asked = {}
+
+    def record(w_address, outs, N, k_lo, K, K_SHARE, ES, LINES):
+        rows = _values(outs).clip(max=_int(N) - 1)
+        lo = _int(k_lo)
+        asked.setdefault(_int(w_address), []).append((rows, lo, lo + _int(K_SHARE)))
+
+    monkeypatch.setattr(batched_step, "_prefetch_tile", record)
+    decoder = fastgen.Decoder(sharp_model, torch.float32)
+    decoder.setup_caches(3, 40)
+    tok, pos = torch.tensor([[7], [8], [9]], device=DEV), torch.tensor([20], device=DEV)
+    step = batched_step.BatchedStep(decoder, tok, pos, torch.zeros(3, 40, dtype=torch.long, device=DEV))
+    step.on_gpu = True  # as on a GPU: the kernels are launched with PREFETCH on
+    step()
+    weights = [decoder.head.weight] + [
+        getattr(block, name).weight for block in decoder.blocks for name in ("qkv", "proj", "fc", "out")
+    ]
+    assert set(asked) == {w.data_ptr() for w in weights}
+    for w in weights:
+        seen = torch.zeros(w.shape, dtype=torch.bool)
+        for rows, lo, hi in asked[w.data_ptr()]:
+            assert 0 <= lo < hi <= w.shape[1]
+            seen[torch.as_tensor(rows).long(), lo:hi] = True
+        assert seen.all(), f"a weight of shape {tuple(w.shape)} is read but not all asked for"

@@ -31,10 +31,14 @@ import torch
 from .. import capability
 from .triton_step import _jit, gdc_launch_dependents, gdc_wait, gelu_tanh, softmax_block, store_qkv, tl, triton
 
-# Launch configuration: output rows per program for each product (the products of 768 outputs take smaller
-# tiles, so that more programs share the reading), values of the summed dimension per tile, warps.
-BLOCK_N = {"qkv": 64, "proj": 32, "fc": 64, "out": 32, "head": 128}
+# Launch configuration: output rows per program for each product, and for the products added to the residual
+# (which can sum in place, with atomic adds) the number of programs that share each output's sum: a batch's step
+# reads every weight once, like batch 1's, so it is bandwidth-bound too, and needs many programs reading at once
+# (GPT-2's products have 768 to 3,072 outputs; an H100 has 132 multiprocessors).
+BLOCK_N = {"qkv": 32, "proj": 32, "fc": 32, "out": 32, "head": 128}
+SPLIT_K = {"proj": 3, "out": 6}  # programs along the summed dimension (1 where a product's K does not split evenly)
 BLOCK_K = 64  # values of the summed dimension per tile of a product
+PREFETCH = True  # each program asks the L2 cache for its weights before it waits for the kernel before it (GPU)
 MAX_BLOCK_B = 64  # sequences per tile; larger batches take several tiles (programs along the grid's 2nd axis)
 BLOCK_L = 64  # cached positions per block of the attention's loop
 NUM_WARPS = 4  # warps per program; 8 where a product's tile holds 2,048 sums or more (4 spill registers there, sm_90)
@@ -78,17 +82,35 @@ def _row_stats(
 
 
 @_jit
+def _prefetch_tile(
+    w_address, outs, N, k_lo, K: tl.constexpr, K_SHARE: tl.constexpr, ES: tl.constexpr, LINES: tl.constexpr
+):
+    """Ask the L2 cache for columns k_lo..k_lo + K_SHARE of rows ``outs`` of a weight (N, K) at byte
+    ``w_address``, ``ES`` bytes a value: one ``prefetch.global.L2`` per 128-byte line (``LINES``, a power of 2
+    at least ``K_SHARE * ES / 128``, lines a row; the extra ones ask for the share's last line again). Nothing
+    waits for it: the lines arrive while the program goes on, and its loads of them then hit in the L2 cache."""
+    row = tl.minimum(outs, N - 1).to(tl.int64)  # (BLOCK_N,) rows past N ask for the last row again
+    at = tl.minimum(tl.arange(0, LINES) * 128, K_SHARE * ES - 1)  # (LINES,) byte offsets in the row's share
+    address = w_address + (row[:, None] * K + k_lo) * ES + at[None, :]  # (BLOCK_N, LINES)
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [address], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@_jit
 def _linear_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr, ln_w_ptr, ln_b_ptr, tok_ptr, pos_ptr, pad_ptr, wpe_ptr, k_ptr, v_ptr,
-    cache_stride, part_ptr, n_parts, count_ptr, out_ptr, out_stride, B, N, eps,
+    cache_stride, part_ptr, n_parts, count_ptr, out_ptr, out_stride, B, N, eps, w_address,
     K: tl.constexpr, HEAD_DIM: tl.constexpr, LN: tl.constexpr, EMBED: tl.constexpr, QKV: tl.constexpr,
     GELU: tl.constexpr, RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
-    PDL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_P: tl.constexpr, ARGMAX_ROWS: tl.constexpr,
+    PDL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_SHARE: tl.constexpr,
+    BLOCK_P: tl.constexpr, ARGMAX_ROWS: tl.constexpr, PREFETCH: tl.constexpr, ES: tl.constexpr, LINES: tl.constexpr,
 ):  # fmt: skip
     """``y = f(LN(x) @ w.T + bias)`` for BLOCK_B rows of ``x`` (B, K) and BLOCK_N rows of ``w`` (N, K): rows
     block ``program_id(0)``, output block ``program_id(1)`` (the programs of one tile of weights are neighbours,
-    so a batch of several row blocks reads each tile from memory once and then from the L2 cache).
+    so a batch of several row blocks reads each tile from memory once and then from the L2 cache), and with
+    K_SHARE < K (RESIDUAL only) share ``program_id(2)`` of the summed dimension, K_SHARE values, whose partial
+    sums are added to ``y`` atomically (the bias with share 0's). PREFETCH: ask the L2 cache for the program's
+    weights (at byte ``w_address``, ``ES`` bytes a value) before waiting for the kernel before it, so that they
+    stream in while that kernel finishes.
 
     LN: normalize x's rows with ``ln_w``, ``ln_b``. EMBED (with QKV, the first layer): x's rows are the tokens'
     embeddings ``w_tok[tok] + wpe[pos - pad]``, where ``w_tok`` is ``x_ptr`` (the output layer's weight, tied to
@@ -99,10 +121,13 @@ def _linear_kernel(
     picks its sequences' tokens, ARGMAX_ROWS at a time, and writes them at ``pos + 1`` of ``out`` and into
     ``tok``; the last row block to finish (``count[0]``) advances ``pos``.
     """
-    pid_b, pid_n = tl.program_id(0), tl.program_id(1)
+    pid_b, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # (BLOCK_B,) sequences
     outs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) rows of w: outputs
     row_ok, out_ok = rows < B, outs < N
+    k_lo = pid_k * K_SHARE  # the first value of the summed dimension this program sums over
+    if PREFETCH:
+        _prefetch_tile(w_address, outs, N, k_lo, K, K_SHARE, ES, LINES)
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
@@ -118,7 +143,7 @@ def _linear_kernel(
     if LN:  # (with EMBED, of the embeddings, read from the weights: the residual is being written)
         mean, rstd = _row_stats(x_ptr, wpe_ptr, rows, tok, at, row_ok, eps, K, BLOCK_B, BLOCK_K, EMBED)
     acc = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_lo + K_SHARE, BLOCK_K):
         x, ok = _rows_tile(x_ptr, wpe_ptr, rows, tok, at, k0, row_ok, K, BLOCK_K, EMBED)  # (BLOCK_B, BLOCK_K)
         cols = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
         col_ok = cols < K
@@ -131,8 +156,9 @@ def _linear_kernel(
             acc += tl.dot(x, tl.trans(w).to(tl.float32), input_precision="ieee")  # (BLOCK_B, BLOCK_N)
         else:  # the weights' dtype in, fp32 sums out, as the eager step's products
             acc += tl.dot(x.to(w.dtype), tl.trans(w))  # (BLOCK_B, BLOCK_N)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + outs, mask=out_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:  # (with K_SPLIT > 1, share 0 adds it)
+        bias = tl.load(bias_ptr + outs, mask=out_ok, other=0.0).to(tl.float32)  # (BLOCK_N,)
+        acc += tl.where(pid_k == 0, bias, 0.0)[None, :]
     ok = row_ok[:, None] & out_ok[None, :]  # (BLOCK_B, BLOCK_N)
     if QKV:  # each sequence's q row (in part, (B, K)) and cache (H, L, D), as pointers (BLOCK_B, 1)
         seq = rows[:, None] * (cache_stride * (K // HEAD_DIM))
@@ -166,9 +192,12 @@ def _linear_kernel(
         where = y_ptr + rows[:, None] * N + outs[None, :]  # (BLOCK_B, BLOCK_N)
         if GELU:
             acc = gelu_tanh(acc)
-        if RESIDUAL:  # each element is read and written by this program alone
-            acc += tl.load(where, mask=ok, other=0.0).to(tl.float32)
-        tl.store(where, acc.to(y_ptr.dtype.element_ty), mask=ok)
+        if RESIDUAL and K_SHARE < K:  # the shares' partial sums, added to the fp32 residual in any order
+            tl.atomic_add(where, acc, mask=ok, sem="relaxed")
+        else:
+            if RESIDUAL:  # each element is read and written by this program alone
+                acc += tl.load(where, mask=ok, other=0.0).to(tl.float32)
+            tl.store(where, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 @_jit
@@ -202,6 +231,13 @@ def _attention_kernel(
     tl.store(y_ptr + b * K + head * HEAD_DIM + d, y.to(y_ptr.dtype.element_ty))
 
 
+def k_share(site: str, k: int) -> int:
+    """Values of the summed dimension (``k`` of them) each program of product ``site`` sums over: ``k`` split
+    ``SPLIT_K[site]`` ways, or all of ``k`` where that split would not cut it into whole tiles of ``BLOCK_K``."""
+    split = SPLIT_K.get(site, 1)
+    return k // split if k % (split * BLOCK_K) == 0 else k
+
+
 class BatchedStep:
     """One greedy decode step of ``decoder`` for its whole batch in Triton kernels, with the interface of the
     Triton step (``triton_step.TritonStep``): calling it reads the tokens ``tok`` (B, 1) at position ``pos`` (1,),
@@ -233,23 +269,28 @@ class BatchedStep:
         self.count = torch.zeros(1 + triton.cdiv(b, self.block_b), dtype=torch.int32, device=device)
         self.ieee = dtype == torch.float32
         self.pdl = PDL and device.type == "cuda" and bool(capability.pdl(capability.capability(device)))
+        self.on_gpu = device.type == "cuda"  # the prefetch instruction runs on a GPU only, not in the interpreter
 
     def _linear(self, site, x, layer, y, *, ln=None, embed=False, qkv=None, gelu=False, residual=False):
         d, w = self.decoder, layer.weight
         n, k = w.shape
         b = d.batch
         kv = qkv or (w, w)
-        grid = (triton.cdiv(b, self.block_b), triton.cdiv(n, BLOCK_N[site]))
+        share = k_share(site, k) if residual else k  # only products added to the residual sum in shares
+        grid = (triton.cdiv(b, self.block_b), triton.cdiv(n, BLOCK_N[site]), k // share)
         warps = 8 if self.block_b * BLOCK_N[site] >= 2048 else NUM_WARPS
+        es = w.element_size()
         _linear_kernel[grid](
             x, w, w if layer.bias is None else layer.bias, y, w if ln is None else ln.weight,
             w if ln is None else ln.bias, self.tok, self.pos, d.pad, d.wpe.weight, kv[0], kv[1],
             d.length * (k // d.config.n_head), self.q if qkv else self.best, self.n_parts, self.count, self.out,
-            self.out.stride(0), b, n, 1e-5 if ln is None else ln.eps,
+            self.out.stride(0), b, n, 1e-5 if ln is None else ln.eps, w.data_ptr(),
             K=k, HEAD_DIM=k // d.config.n_head, LN=ln is not None, EMBED=embed, QKV=qkv is not None, GELU=gelu,
             RESIDUAL=residual, ARGMAX=site == "head", HAS_BIAS=layer.bias is not None, IEEE=self.ieee,
-            PDL=self.pdl, BLOCK_B=self.block_b, BLOCK_N=BLOCK_N[site], BLOCK_K=BLOCK_K,
-            BLOCK_P=triton.next_power_of_2(self.n_parts), ARGMAX_ROWS=ARGMAX_ROWS, num_warps=warps,
+            PDL=self.pdl, BLOCK_B=self.block_b, BLOCK_N=BLOCK_N[site], BLOCK_K=BLOCK_K, K_SHARE=share,
+            BLOCK_P=triton.next_power_of_2(self.n_parts), ARGMAX_ROWS=ARGMAX_ROWS,
+            PREFETCH=PREFETCH and self.on_gpu, ES=es, LINES=triton.next_power_of_2(triton.cdiv(share * es, 128)),
+            num_warps=warps,
             **({"launch_pdl": True} if self.pdl else {}),
         )  # fmt: skip
 
