@@ -108,6 +108,7 @@ def test_sums_split_into_whole_tiles_or_not_at_all(monkeypatch):
     assert batched_step.k_share("out", 3072) == 512  # the MLP's output: 6 shares of 8 tiles
     assert batched_step.k_share("proj", 64 * 4) == 64 * 4  # 4 tiles do not split 3 ways: one program sums all
     assert batched_step.k_share("qkv", 768) == 768  # a product that is not split
+    assert batched_step.k_share("out", 6 * 32) == 6 * 32  # 6 shares of 32 values: not whole tiles of 64
 
 
 def _values(value):
@@ -124,7 +125,9 @@ def _int(value) -> int:
 def test_the_prefetches_ask_for_every_weight_the_step_reads(sharp_model, small_tiles, monkeypatch):
     """The prefetch instruction cannot run in the interpreter: record what each program would ask for (rows and
     a share of the summed dimension of one weight) and check that, together, they cover every value of every
-    product's weight (the shares of split sums included) and ask for nothing outside them."""
+    product's weight (the shares of split sums included) and ask for nothing outside them. (This checks what the
+    kernel asks for, not ``_prefetch_tile``'s own addresses; and the interpreter runs programs one at a time, so
+    only a GPU run can show a race between the shares' atomic adds.)"""
     asked = {}
 
     def record(w_address, outs, N, k_lo, K, K_SHARE, ES, LINES):

@@ -21,7 +21,10 @@ from .model import Decoder, Linear
 
 STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positions
 PREFILL_GRAPHS = 8  # on a GPU, CUDA graphs of the prefill kept for this many prompt shapes
-BATCHED_AUTO = False  # kernels="auto" runs greedy batches on the batched Triton step (False until it is timed)
+# kernels="auto" runs greedy batches on the batched Triton step: False until it is timed ahead of the compiled
+# step at every batch "auto" would give it (an H100 ladder timed it ahead at batches 8 and 64 only; not yet at 2,
+# 4, 16, 32 or above 64)
+BATCHED_AUTO = False
 # A step compiled on a CPU gets a KV cache of a multiple of this many positions (unused positions are masked):
 # nearby lengths then share one compiled step, and it avoids a cache of exactly 160 positions, the benchmark's
 # 32 + 128, for which PyTorch 2.13's generated CPU code for the written-out attention corrupted memory and
