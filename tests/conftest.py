@@ -91,3 +91,15 @@ def _sharp_gpt2(n_embd: int = 32, n_head: int = 2) -> GPT2LMHeadModel:
 def sharp_gpt2():
     """``_sharp_gpt2``: the small GPT-2 the tests of the hand-written decode steps compare with the eager one."""
     return _sharp_gpt2
+
+
+@pytest.fixture
+def interpreted():
+    """A function turning a value of Triton's interpreter (a scalar or a block; a plain number passes through)
+    into a numpy array, for tests that record what a kernel passes to a function they replace."""
+
+    def values(value):
+        data = getattr(getattr(value, "handle", value), "data", value)
+        return torch.as_tensor(data).numpy()
+
+    return values

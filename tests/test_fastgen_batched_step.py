@@ -15,6 +15,7 @@ if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
 
 from helpers import fastgen  # noqa: E402  (after the interpreter flag: the kernels are defined at import)
 from helpers.fastgen import batched_step  # noqa: E402
+from helpers.fastgen.triton_step import tl, triton  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -111,29 +112,22 @@ def test_sums_split_into_whole_tiles_or_not_at_all(monkeypatch):
     assert batched_step.k_share("out", 6 * 32) == 6 * 32  # 6 shares of 32 values: not whole tiles of 64
 
 
-def _values(value):
-    """An interpreted Triton value (scalar or block) as a numpy array."""
-    data = getattr(getattr(value, "handle", value), "data", value)
-    return torch.as_tensor(data).numpy()
-
-
-def _int(value) -> int:
-    return int(_values(value).reshape(-1)[0])
-
-
 @pytest.mark.skipif(DEV == "cuda", reason="records the prefetches in the interpreter; a compiled kernel issues them")
-def test_the_prefetches_ask_for_every_weight_the_step_reads(sharp_model, small_tiles, monkeypatch):
+def test_the_prefetches_ask_for_every_weight_the_step_reads(sharp_model, small_tiles, monkeypatch, interpreted):
     """The prefetch instruction cannot run in the interpreter: record what each program would ask for (rows and
     a share of the summed dimension of one weight) and check that, together, they cover every value of every
     product's weight (the shares of split sums included) and ask for nothing outside them. (This checks what the
-    kernel asks for, not ``_prefetch_tile``'s own addresses; and the interpreter runs programs one at a time, so
-    only a GPU run can show a race between the shares' atomic adds.)"""
+    kernel asks for; the next test checks the addresses ``_tile_lines`` makes of it; and the interpreter runs
+    programs one at a time, so only a GPU run can show a race between the shares' atomic adds.)"""
     asked = {}
 
+    def number(value) -> int:
+        return int(interpreted(value).item())
+
     def record(w_address, outs, N, k_lo, K, K_SHARE, ES, LINES):
-        rows = _values(outs).clip(max=_int(N) - 1)
-        lo = _int(k_lo)
-        asked.setdefault(_int(w_address), []).append((rows, lo, lo + _int(K_SHARE)))
+        rows = interpreted(outs).clip(max=number(N) - 1)
+        lo = number(k_lo)
+        asked.setdefault(number(w_address), []).append((rows, lo, lo + number(K_SHARE)))
 
     monkeypatch.setattr(batched_step, "_prefetch_tile", record)
     decoder = fastgen.Decoder(sharp_model, torch.float32)
@@ -152,3 +146,28 @@ def test_the_prefetches_ask_for_every_weight_the_step_reads(sharp_model, small_t
             assert 0 <= lo < hi <= w.shape[1]
             seen[torch.as_tensor(rows).long(), lo:hi] = True
         assert seen.all(), f"a weight of shape {tuple(w.shape)} is read but not all asked for"
+
+
+@triton.jit
+def _lines_kernel(out_ptr, n_rows, k_lo, N, K: tl.constexpr, K_SHARE: tl.constexpr, ES: tl.constexpr,
+                  LINES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Store ``_tile_lines``'s addresses (of a weight at byte 0) for rows 0..n_rows (masked past them)."""
+    outs = tl.arange(0, BLOCK_N)
+    lines = batched_step._tile_lines(0, outs, N, k_lo, K, K_SHARE, ES, LINES)  # (BLOCK_N, LINES)
+    tl.store(out_ptr + outs[:, None] * LINES + tl.arange(0, LINES)[None, :], lines, mask=(outs < n_rows)[:, None])
+
+
+@pytest.mark.parametrize(("k_lo", "k_share", "es"), [(0, 64, 2), (64, 64, 2), (128, 96, 2), (0, 192, 2), (32, 32, 4)])
+def test_the_prefetch_addresses_fall_in_every_line_of_the_share_and_nowhere_else(k_lo, k_share, es):
+    """For each row, the addresses lie in the bytes of the row's share, and every 128-byte line of the share
+    gets one (the extra lanes of a power-of-2 count repeat the last byte). Rows past N ask for the last row."""
+    n, k, block_n = 5, 256, 8
+    lines = triton.next_power_of_2(triton.cdiv(k_share * es, 128))
+    out = torch.full((block_n, lines), -1, dtype=torch.int64, device=DEV)
+    _lines_kernel[(1,)](out, block_n, k_lo, n, K=k, K_SHARE=k_share, ES=es, LINES=lines, BLOCK_N=block_n)
+    for r in range(block_n):
+        row = min(r, n - 1)
+        lo, hi = (row * k + k_lo) * es, (row * k + k_lo + k_share) * es  # the share's bytes
+        got = out[r].tolist()
+        assert all(lo <= a < hi for a in got), f"row {r}: an address outside bytes {lo}..{hi}"
+        assert {a // 128 for a in got} == set(range(lo // 128, (hi - 1) // 128 + 1)), f"row {r}: a line missed"

@@ -113,14 +113,8 @@ def test_bad_settings_are_refused(sharp_gpt2):
             fastgen.FastGPT2(sharp_gpt2(n_head=2).float(), int8="q8_0", kernels="persistent")
 
 
-def _number(value) -> int:
-    """An interpreted Triton scalar (or a plain int) as a Python int."""
-    data = getattr(getattr(value, "handle", value), "data", value)
-    return int(data.item() if hasattr(data, "item") else data)
-
-
 @pytest.mark.skipif(ON_GPU, reason="records the prefetches in Triton's interpreter; a compiled kernel issues them")
-def test_the_prefetches_ask_for_the_weights_the_next_stages_read(small_tiles, monkeypatch, sharp_gpt2):
+def test_the_prefetches_ask_for_the_weights_the_next_stages_read(small_tiles, monkeypatch, sharp_gpt2, interpreted):
     """The prefetch instruction cannot run in the interpreter: record what it would be asked for instead, and
     check that every range lies inside a tensor the step reads next (no address outside the model's weights)
     and that the layers' weight matrices and the output layer's rows are all asked for."""
@@ -128,7 +122,9 @@ def test_the_prefetches_ask_for_the_weights_the_next_stages_read(small_tiles, mo
     monkeypatch.setattr(
         persistent_step,
         "_prefetch",
-        lambda address, n_bytes, pid, P, LINES: asked.append((_number(address), _number(n_bytes))),
+        lambda address, n_bytes, pid, P, LINES: asked.append(
+            (int(interpreted(address).item()), int(interpreted(n_bytes).item()))
+        ),
     )
     decoder = fastgen.Decoder(sharp_gpt2(n_head=2), torch.float32)
     decoder.setup_caches(1, 40)

@@ -88,17 +88,26 @@ def _row_stats(
 
 
 @_jit
+def _tile_lines(
+    w_address, outs, N, k_lo, K: tl.constexpr, K_SHARE: tl.constexpr, ES: tl.constexpr, LINES: tl.constexpr
+):
+    """Byte addresses, one in each 128-byte line, of columns k_lo..k_lo + K_SHARE of rows ``outs`` of a weight
+    (N, K) at byte ``w_address``, ``ES`` bytes a value: (BLOCK_N, LINES), where ``LINES`` is a power of 2 at
+    least ``K_SHARE * ES / 128`` (the extra ones repeat the share's last byte; rows are assumed to start on
+    128-byte lines, as PyTorch's allocations and GPT-2's widths make them)."""
+    row = tl.minimum(outs, N - 1).to(tl.int64)  # (BLOCK_N,) rows past N ask for the last row again
+    at = tl.minimum(tl.arange(0, LINES) * 128, K_SHARE * ES - 1)  # (LINES,) byte offsets in the row's share
+    return w_address + (row[:, None] * K + k_lo) * ES + at[None, :]  # (BLOCK_N, LINES)
+
+
+@_jit
 def _prefetch_tile(
     w_address, outs, N, k_lo, K: tl.constexpr, K_SHARE: tl.constexpr, ES: tl.constexpr, LINES: tl.constexpr
 ):
     """Ask the L2 cache for columns k_lo..k_lo + K_SHARE of rows ``outs`` of a weight (N, K) at byte
-    ``w_address``, ``ES`` bytes a value: one ``prefetch.global.L2`` per 128-byte line (``LINES``, a power of 2
-    at least ``K_SHARE * ES / 128``, lines a row; the extra ones ask for the share's last line again; rows are
-    assumed to start on 128-byte lines, as PyTorch's allocations and GPT-2's widths make them). Nothing waits
-    for it: the lines arrive while the program goes on, and its loads of them then hit in the L2 cache."""
-    row = tl.minimum(outs, N - 1).to(tl.int64)  # (BLOCK_N,) rows past N ask for the last row again
-    at = tl.minimum(tl.arange(0, LINES) * 128, K_SHARE * ES - 1)  # (LINES,) byte offsets in the row's share
-    address = w_address + (row[:, None] * K + k_lo) * ES + at[None, :]  # (BLOCK_N, LINES)
+    ``w_address``: one ``prefetch.global.L2`` per 128-byte line (``_tile_lines``). Nothing waits for it: the
+    lines arrive while the program goes on, and its loads of them then hit in the L2 cache."""
+    address = _tile_lines(w_address, outs, N, k_lo, K, K_SHARE, ES, LINES)  # (BLOCK_N, LINES)
     tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [address], dtype=tl.int32, is_pure=False, pack=1)
 
 
