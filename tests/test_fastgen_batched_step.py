@@ -4,6 +4,7 @@ on a tiny GPT-2 shaped so that every mechanism runs: products over several tiles
 the outputs, attention over several blocks of the cache, left-padded sequences, more sequences than one tile
 (the grid's second axis), and the output layer's argmax split over programs."""
 
+import math
 import os
 
 import pytest
@@ -14,7 +15,7 @@ if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
     pytest.skip("the kernels need a CUDA GPU or Triton's interpreter (TRITON_INTERPRET=1)", allow_module_level=True)
 
 from helpers import fastgen  # noqa: E402  (after the interpreter flag: the kernels are defined at import)
-from helpers.fastgen import batched_step  # noqa: E402
+from helpers.fastgen import batched_step, generator  # noqa: E402
 from helpers.fastgen.triton_step import tl, triton  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -85,8 +86,24 @@ def test_an_int8_cache_is_refused(sharp_model):
 
 
 def test_batches_take_the_batched_step_when_asked(sharp_model):
-    assert fastgen.FastGPT2(sharp_model, kernels=True).batched
-    assert not fastgen.FastGPT2(sharp_model, kernels=False).batched
+    assert fastgen.FastGPT2(sharp_model, kernels=True).batched_upto == math.inf
+    assert fastgen.FastGPT2(sharp_model, kernels=False).batched_upto == 0
+
+
+@pytest.mark.skipif(DEV != "cuda", reason='kernels="auto" runs kernels on a GPU only')
+def test_auto_takes_the_batched_step_up_to_batched_auto(sharp_model):
+    assert fastgen.FastGPT2(sharp_model, kernels="auto", graph_steps=4).batched_upto == generator.BATCHED_AUTO
+
+
+@pytest.mark.parametrize(("batch", "step"), [(2, "BatchedStep"), (3, "ModelStep")])
+def test_batches_past_batched_upto_take_the_models_step(sharp_model, batch, step):
+    fast = fastgen.FastGPT2(sharp_model, kernels=True, compile=False)
+    fast.batched_upto = 2  # as kernels="auto" sets it (from BATCHED_AUTO) on a GPU
+    fast._allocate(batch, 16)
+    assert type(fast.greedy_step()).__name__ == step
+    ids = torch.randint(0, 300, (batch, 5), generator=torch.Generator().manual_seed(3)).to(DEV)
+    eager = fastgen.FastGPT2(sharp_model, kernels=False, compile=False).generate(ids, 6)
+    assert torch.equal(fast.generate(ids, 6), eager)  # either step, the eager decoder's tokens
 
 
 def test_a_sequence_that_sees_no_position_yet_gets_finite_values_and_a_real_token(sharp_model, small_tiles):

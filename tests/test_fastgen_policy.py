@@ -1,5 +1,7 @@
 """helpers.fastgen.policy: what "auto" compiles with on each device, and when the compiler makes CUDA graphs."""
 
+import torch
+
 from helpers.fastgen import policy
 
 
@@ -22,3 +24,11 @@ def test_eager_is_the_step_itself():
         return 1
 
     assert policy.compiled(step, None) is step
+
+
+def test_compiling_allows_a_recompilation_for_every_shape_a_ladder_decodes(monkeypatch):
+    """Every FastGPT2 compiles the same Decoder.forward once per batch and cache shape; PyTorch's default limit
+    of 8 recompilations made a ladder of more shapes fail (fullgraph=True raises at the limit)."""
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    policy.compiled(lambda x: x + 1, "default")  # compiles lazily: nothing runs here
+    assert torch._dynamo.config.recompile_limit >= policy.RECOMPILE_LIMIT > 8

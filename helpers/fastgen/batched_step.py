@@ -47,7 +47,12 @@ BLOCK_K = 128
 PREFETCH = True  # each program asks the L2 cache for its weights before it waits for the kernel before it (GPU)
 MAX_BLOCK_B = 64  # sequences per tile; larger batches take several tiles (programs along the grid's 2nd axis)
 BLOCK_L = 64  # cached positions per block of the attention's loop
-NUM_WARPS = 4  # warps per program; 8 where a product's tile holds 2,048 sums or more (4 spill registers there, sm_90)
+NUM_WARPS = 4  # warps per program; 8 where a product's tile holds WIDE_TILE sums or more
+# Sums (sequences x outputs) in a product's tile from which a program runs on 8 warps (4 spill registers, sm_90).
+# At batch 32 (tiles of 32 x 32) the H100 ladder of 2026-12-07 had the batched step behind the compiled step;
+# 1,024 here (8 warps there too) was faster at batch 32 in a throwaway sweep that day but still behind the
+# compiled step, and is not the setting the recorded ladder ran.
+WIDE_TILE = 2048
 ARGMAX_ROWS = 8  # sequences whose tokens the output layer's last program picks at a time
 PDL = True  # programmatic dependent launch on GPUs that have it (compute capability 9.0, Hopper, and later)
 
@@ -294,7 +299,7 @@ class BatchedStep:
         kv = qkv or (w, w)
         share = k_share(site, k) if residual else k  # only products added to the residual sum in shares
         grid = (triton.cdiv(b, self.block_b), triton.cdiv(n, BLOCK_N[site]), k // share)
-        warps = 8 if self.block_b * BLOCK_N[site] >= 2048 else NUM_WARPS
+        warps = 8 if self.block_b * BLOCK_N[site] >= WIDE_TILE else NUM_WARPS
         es = w.element_size()
         _linear_kernel[grid](
             x, w, w if layer.bias is None else layer.bias, y, w if ln is None else ln.weight,

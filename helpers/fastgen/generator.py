@@ -21,10 +21,11 @@ from .model import Decoder, Linear
 
 STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positions
 PREFILL_GRAPHS = 8  # on a GPU, CUDA graphs of the prefill kept for this many prompt shapes
-# kernels="auto" runs greedy batches on the batched Triton step: False until it is timed ahead of the compiled
-# step at every batch "auto" would give it (an H100 ladder timed it ahead at batches 8 and 64 only; not yet at 2,
-# 4, 16, 32 or above 64)
-BATCHED_AUTO = False
+# kernels="auto" runs greedy batches of 2 to this many sequences on the batched Triton step, and larger ones on
+# the compiled step. The H100 ladder of 2026-12-07 (results/recorded/) timed the batched step ahead of the
+# compiled step at batches 2, 4, 8, 16 and 64, and behind at 32; every batch of 2 to 16 runs the same tile of 16
+# sequences (batched_step.BatchedStep.block_b) as the timed ones.
+BATCHED_AUTO = 16
 # A step compiled on a CPU gets a KV cache of a multiple of this many positions (unused positions are masked):
 # nearby lengths then share one compiled step, and it avoids a cache of exactly 160 positions, the benchmark's
 # 32 + 128, for which PyTorch 2.13's generated CPU code for the written-out attention corrupted memory and
@@ -81,8 +82,9 @@ class FastGPT2(nn.Module):
     kernel a stage (``persistent_step``; slower than the Triton step where timed, so never chosen by ``"auto"``); with
     ``int8="q8_0"`` the C++ step (``cpu_step``: the whole token in one call), which
     ``"auto"`` uses with a float KV cache. With ``kernels=True``, greedy batches of several sequences run the
-    batched Triton step (``batched_step``: products on tensor cores), which ``"auto"`` uses where
-    ``BATCHED_AUTO`` says it was timed ahead of the compiled step; sampling uses the model's step (``compile``).
+    batched Triton step (``batched_step``: products on tensor cores), which ``"auto"`` uses for batches of up to
+    ``BATCHED_AUTO`` sequences, where it was timed ahead of the compiled step (``batched_upto``: the largest batch
+    that uses it); sampling uses the model's step (``compile``).
     ``graph_prefill``: the prompt's pass recorded in a CUDA graph, one per prompt shape (``policy.CapturedPrefill``;
     a new shape costs about three eager passes once); ``"auto"`` uses it on a GPU unless the compiler records the
     step's CUDA graphs (the two do not mix). Eager, a short prompt's pass waits on Python launching a few hundred
@@ -174,8 +176,11 @@ class FastGPT2(nn.Module):
             head_dim = cfg.n_embd // cfg.n_head
             raise ValueError(f"kernels={kernels!r} needs a head size that is a power of 2; this model's is {head_dim}.")
         self.kernels = bool(kernels)
-        # batches: the batched Triton step when asked for (kernels=True), or by "auto" once it has been timed
-        self.batched = self.kernels and int8 != "q8_0" and (asked is True or (asked == "auto" and BATCHED_AUTO))
+        # greedy batches of 2 to batched_upto sequences run the batched Triton step: any when asked for
+        # (kernels=True), up to BATCHED_AUTO with "auto" (where it was timed ahead), none otherwise
+        self.batched_upto = 0
+        if self.kernels and int8 != "q8_0":
+            self.batched_upto = math.inf if asked is True else BATCHED_AUTO if asked == "auto" else 0
         if graph_prefill not in ("auto", True, False):
             raise ValueError(f"graph_prefill takes 'auto', True or False, got {graph_prefill!r}.")
         if graph_prefill is True and not on_gpu:
@@ -245,7 +250,7 @@ class FastGPT2(nn.Module):
                 self._greedy = persistent_step.PersistentStep(self.model, self._tok, self._pos, self._out)
             elif self.kernels and self.model.batch == 1:
                 self._greedy = triton_step.TritonStep(self.model, self._tok, self._pos, self._out)
-            elif self.batched:  # a batch: tensor-core products (batched_step)
+            elif self.model.batch <= self.batched_upto:  # a batch: tensor-core products (batched_step)
                 self._greedy = batched_step.BatchedStep(self.model, self._tok, self._pos, self._out)
             else:
                 self._greedy = ModelStep(self._step(), self._tok, self._pos, self._out)
@@ -274,7 +279,7 @@ class FastGPT2(nn.Module):
         if t < input_ids.shape[1]:  # _prepare dropped one sequence's left padding: decode without, put it back
             out = self.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
             return torch.cat([input_ids[:, : input_ids.shape[1] - t].to(self.device), out], 1)
-        if temperature == 0 and (self.graph_steps > 1 or (self.kernels and b == 1) or self.batched):
+        if temperature == 0 and (self.graph_steps > 1 or (self.kernels and b == 1) or 1 < b <= self.batched_upto):
             return self._generate_in_place(ids, total)
         out = torch.empty(b, total, dtype=torch.long, device=self.device)
         out[:, :t] = ids

@@ -41,10 +41,17 @@ def uses_cuda_graphs(mode) -> bool:
     )
 
 
+# Recompilations the compiler allows one function before it gives up (with fullgraph=True it raises). Every
+# FastGPT2 compiles the same ``Decoder.forward``, once for each shape of batch and cache it decodes, and PyTorch's
+# default of 8 stopped a ladder of 10 shapes in one process (an H100, 2026-12-07).
+RECOMPILE_LIMIT = 64
+
+
 def compiled(step: Callable, mode) -> Callable:
     """``step`` compiled with ``mode`` (a string or an options dict; None leaves it eager), shapes fixed."""
     if mode is None:
         return step
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     if isinstance(mode, dict):
         return torch.compile(step, options=mode, fullgraph=True, dynamic=False)
     return torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
