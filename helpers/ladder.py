@@ -260,11 +260,12 @@ def _batch_checks(rows: list[dict]) -> list[tuple[str, bool]]:
                 f"{r['decode_tok_s']:,.0f} ({r['decode_tok_s_min']:,.0f}-{r['decode_tok_s_max']:,.0f})"
                 for r in (mine, other)
             ]
+            ahead = mine["decode_tok_s"] > other["decode_tok_s"]
             text = (
-                f"batch {b}: batched Triton step {speeds[0]} tokens/s ahead of the compiled step's {speeds[1]} "
-                f"({mine['decode_tok_s'] / other['decode_tok_s']:.2f}x)"
+                f"batch {b}: batched Triton step {speeds[0]} tokens/s {'ahead of' if ahead else 'not ahead of'} "
+                f"the compiled step's {speeds[1]} ({mine['decode_tok_s'] / other['decode_tok_s']:.2f}x)"
             )
-            checks.append((text, mine["decode_tok_s"] > other["decode_tok_s"]))
+            checks.append((text, ahead))
     return checks
 
 
