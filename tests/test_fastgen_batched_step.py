@@ -14,7 +14,7 @@ pytest.importorskip("triton", reason="Triton installs with the dev extra on Linu
 if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
     pytest.skip("the kernels need a CUDA GPU or Triton's interpreter (TRITON_INTERPRET=1)", allow_module_level=True)
 
-from helpers import fastgen  # noqa: E402  (after the interpreter flag: the kernels are defined at import)
+from helpers import capability, fastgen  # noqa: E402  (after the interpreter flag: the kernels are defined at import)
 from helpers.fastgen import batched_step, generator  # noqa: E402
 from helpers.fastgen.triton_step import tl, triton  # noqa: E402
 
@@ -90,9 +90,17 @@ def test_batches_take_the_batched_step_when_asked(sharp_model):
     assert fastgen.FastGPT2(sharp_model, kernels=False).batched_upto == 0
 
 
-@pytest.mark.skipif(DEV != "cuda", reason='kernels="auto" runs kernels on a GPU only')
-def test_auto_takes_the_batched_step_up_to_batched_auto(sharp_model):
-    assert fastgen.FastGPT2(sharp_model, kernels="auto", graph_steps=4).batched_upto == generator.BATCHED_AUTO
+@pytest.mark.skipif(
+    DEV != "cuda" or not capability.triton_step(capability.capability(torch.device(DEV))),
+    reason='kernels="auto" runs kernels only on GPUs where the Triton step was checked',
+)
+def test_auto_takes_the_batched_step_up_to_batched_auto_in_16_bit_weights(sharp_model):
+    fast = fastgen.FastGPT2(sharp_model, kernels="auto", graph_steps=4, dtype=torch.bfloat16)
+    assert fast.batched_upto == generator.BATCHED_AUTO
+    for batch, step in [(generator.BATCHED_AUTO, "BatchedStep"), (generator.BATCHED_AUTO + 1, "ModelStep")]:
+        fast._allocate(batch, 16)
+        assert type(fast.greedy_step()).__name__ == step
+    assert fastgen.FastGPT2(sharp_model, kernels="auto", graph_steps=4).batched_upto == 0  # fp32: not timed
 
 
 @pytest.mark.parametrize(("batch", "step"), [(2, "BatchedStep"), (3, "ModelStep")])
@@ -103,7 +111,9 @@ def test_batches_past_batched_upto_take_the_models_step(sharp_model, batch, step
     assert type(fast.greedy_step()).__name__ == step
     ids = torch.randint(0, 300, (batch, 5), generator=torch.Generator().manual_seed(3)).to(DEV)
     eager = fastgen.FastGPT2(sharp_model, kernels=False, compile=False).generate(ids, 6)
-    assert torch.equal(fast.generate(ids, 6), eager)  # either step, the eager decoder's tokens
+    fast._greedy = None  # generate() builds the step it decodes with (none where it decodes one token at a time)
+    assert torch.equal(fast.generate(ids, 6), eager)  # either way, the eager decoder's tokens
+    assert type(fast._greedy).__name__ == ("BatchedStep" if batch <= 2 else "NoneType")
 
 
 def test_a_sequence_that_sees_no_position_yet_gets_finite_values_and_a_real_token(sharp_model, small_tiles):

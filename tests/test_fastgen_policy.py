@@ -26,9 +26,9 @@ def test_eager_is_the_step_itself():
     assert policy.compiled(step, None) is step
 
 
-def test_compiling_allows_a_recompilation_for_every_shape_a_ladder_decodes(monkeypatch):
+def test_compiling_allows_a_recompilation_for_every_shape_a_ladder_decodes():
     """Every FastGPT2 compiles the same Decoder.forward once per batch and cache shape; PyTorch's default limit
     of 8 recompilations made a ladder of more shapes fail (fullgraph=True raises at the limit)."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    policy.compiled(lambda x: x + 1, "default")  # compiles lazily: nothing runs here
-    assert torch._dynamo.config.recompile_limit >= policy.RECOMPILE_LIMIT > 8
+    with torch._dynamo.config.patch(recompile_limit=8):  # PyTorch's default; the old value is back after
+        policy.compiled(lambda x: x + 1, "default")  # compiles lazily: nothing runs here
+        assert torch._dynamo.config.recompile_limit >= policy.RECOMPILE_LIMIT > 8

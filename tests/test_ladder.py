@@ -111,4 +111,5 @@ def test_batch_rows_get_their_own_target_and_stay_out_of_the_batch_1_targets():
     assert "3,100" in lines[0]  # the batch-1 fast decoder, not a batch row's tokens/s
     eight, sixty_four = lines[-2], lines[-1]
     assert eight.startswith("[met] batch 8") and "1.50x" in eight and " ahead of " in eight
+    assert " not ahead of " not in eight
     assert sixty_four.startswith("[NOT met] batch 64") and "0.80x" in sixty_four and " not ahead of " in sixty_four

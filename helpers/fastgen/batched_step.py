@@ -49,9 +49,10 @@ MAX_BLOCK_B = 64  # sequences per tile; larger batches take several tiles (progr
 BLOCK_L = 64  # cached positions per block of the attention's loop
 NUM_WARPS = 4  # warps per program; 8 where a product's tile holds WIDE_TILE sums or more
 # Sums (sequences x outputs) in a product's tile from which a program runs on 8 warps (4 spill registers, sm_90).
-# At batch 32 (tiles of 32 x 32) the H100 ladder of 2026-12-07 had the batched step behind the compiled step;
-# 1,024 here (8 warps there too) was faster at batch 32 in a throwaway sweep that day but still behind the
-# compiled step, and is not the setting the recorded ladder ran.
+# At batch 32 (tiles of 32 sequences x 32 outputs in the layers' products; the output layer's 32 x 128 already
+# runs 8 warps) the H100 ladder of 2026-12-07 had the batched step behind the compiled step; 1,024 here (8 warps
+# for those tiles too) was faster at batch 32 in a throwaway sweep that day but still behind the compiled step,
+# and is not the setting the recorded ladder ran.
 WIDE_TILE = 2048
 ARGMAX_ROWS = 8  # sequences whose tokens the output layer's last program picks at a time
 PDL = True  # programmatic dependent launch on GPUs that have it (compute capability 9.0, Hopper, and later)

@@ -21,10 +21,12 @@ from .model import Decoder, Linear
 
 STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positions
 PREFILL_GRAPHS = 8  # on a GPU, CUDA graphs of the prefill kept for this many prompt shapes
-# kernels="auto" runs greedy batches of 2 to this many sequences on the batched Triton step, and larger ones on
-# the compiled step. The H100 ladder of 2026-12-07 (results/recorded/) timed the batched step ahead of the
-# compiled step at batches 2, 4, 8, 16 and 64, and behind at 32; every batch of 2 to 16 runs the same tile of 16
-# sequences (batched_step.BatchedStep.block_b) as the timed ones.
+# kernels="auto" runs greedy batches of 2 to this many sequences on the batched Triton step (16-bit weights), and
+# larger ones on the compiled step. The H100 ladder of 2026-12-07 (bf16, results/recorded/) timed the batched step
+# ahead of the compiled step at batches 2, 4, 8, 16 and 64, and behind at 32; every batch of 2 to 16 runs the same
+# tile of 16 sequences (batched_step.BatchedStep.block_b) as the timed ones. Other GPUs where "auto" runs kernels
+# (compute capability 9.0: H100, H200) take the same limit untimed. In fp32 the step's products do not run on
+# tensor cores and were not timed: "auto" leaves fp32 batches to the compiled step.
 BATCHED_AUTO = 16
 # A step compiled on a CPU gets a KV cache of a multiple of this many positions (unused positions are masked):
 # nearby lengths then share one compiled step, and it avoids a cache of exactly 160 positions, the benchmark's
@@ -83,8 +85,8 @@ class FastGPT2(nn.Module):
     ``int8="q8_0"`` the C++ step (``cpu_step``: the whole token in one call), which
     ``"auto"`` uses with a float KV cache. With ``kernels=True``, greedy batches of several sequences run the
     batched Triton step (``batched_step``: products on tensor cores), which ``"auto"`` uses for batches of up to
-    ``BATCHED_AUTO`` sequences, where it was timed ahead of the compiled step (``batched_upto``: the largest batch
-    that uses it); sampling uses the model's step (``compile``).
+    ``BATCHED_AUTO`` sequences in bf16 or fp16, where it was timed ahead of the compiled step (bf16 on an H100;
+    ``batched_upto``: the largest batch that uses it); sampling uses the model's step (``compile``).
     ``graph_prefill``: the prompt's pass recorded in a CUDA graph, one per prompt shape (``policy.CapturedPrefill``;
     a new shape costs about three eager passes once); ``"auto"`` uses it on a GPU unless the compiler records the
     step's CUDA graphs (the two do not mix). Eager, a short prompt's pass waits on Python launching a few hundred
@@ -177,10 +179,11 @@ class FastGPT2(nn.Module):
             raise ValueError(f"kernels={kernels!r} needs a head size that is a power of 2; this model's is {head_dim}.")
         self.kernels = bool(kernels)
         # greedy batches of 2 to batched_upto sequences run the batched Triton step: any when asked for
-        # (kernels=True), up to BATCHED_AUTO with "auto" (where it was timed ahead), none otherwise
+        # (kernels=True), up to BATCHED_AUTO with "auto" in 16-bit weights (where it was timed ahead), none otherwise
         self.batched_upto = 0
         if self.kernels and int8 != "q8_0":
-            self.batched_upto = math.inf if asked is True else BATCHED_AUTO if asked == "auto" else 0
+            half = self.dtype in (torch.bfloat16, torch.float16)
+            self.batched_upto = math.inf if asked is True else BATCHED_AUTO if asked == "auto" and half else 0
         if graph_prefill not in ("auto", True, False):
             raise ValueError(f"graph_prefill takes 'auto', True or False, got {graph_prefill!r}.")
         if graph_prefill is True and not on_gpu:
@@ -242,7 +245,8 @@ class FastGPT2(nn.Module):
 
     def greedy_step(self):
         """The greedy step for the current batch: when ``kernels``, at batch 1 the C++ step (q8_0 weights), the
-        persistent step or the Triton step (GPU), and for a batch the batched Triton step; else the model's."""
+        persistent step or the Triton step (GPU), and for batches of 2 to ``batched_upto`` sequences the batched
+        Triton step; else the model's."""
         if self._greedy is None:
             if self.kernels and self.model.batch == 1 and self.int8 == "q8_0":
                 self._greedy = cpu_step.CppStep(self.model, self._tok, self._pos, self._out)
@@ -250,7 +254,7 @@ class FastGPT2(nn.Module):
                 self._greedy = persistent_step.PersistentStep(self.model, self._tok, self._pos, self._out)
             elif self.kernels and self.model.batch == 1:
                 self._greedy = triton_step.TritonStep(self.model, self._tok, self._pos, self._out)
-            elif self.model.batch <= self.batched_upto:  # a batch: tensor-core products (batched_step)
+            elif 1 < self.model.batch <= self.batched_upto:  # a batch: tensor-core products (batched_step)
                 self._greedy = batched_step.BatchedStep(self.model, self._tok, self._pos, self._out)
             else:
                 self._greedy = ModelStep(self._step(), self._tok, self._pos, self._out)

@@ -42,8 +42,9 @@ def uses_cuda_graphs(mode) -> bool:
 
 
 # Recompilations the compiler allows one function before it gives up (with fullgraph=True it raises). Every
-# FastGPT2 compiles the same ``Decoder.forward``, once for each shape of batch and cache it decodes, and PyTorch's
-# default of 8 stopped a ladder of 10 shapes in one process (an H100, 2026-12-07).
+# FastGPT2 compiles the same ``Decoder.forward`` again (its own decoder, and each shape of batch and cache it
+# decodes), and PyTorch's default of 8 stopped an H100 ladder of 9 compiled decoders (3 at batch 1, 6 batches) in
+# one process (2026-12-07). ``compiled`` raises the limit to this for the whole process (a torch setting).
 RECOMPILE_LIMIT = 64
 
 

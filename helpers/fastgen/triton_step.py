@@ -65,10 +65,11 @@ def fits(config) -> bool:
 KERNEL_CONFIGS = {"qkv": (8, 4), "attn": (256, 8), "mlp": (16, 8), "head": (16, 4)}
 ATTN_BLOCK = 256
 PDL = True  # programmatic dependent launch on GPUs that have it (compute capability 9.0, Hopper, and later)
-# Not done here: asking the L2 cache for weights that later kernels read (prefetch.global.L2, as the batched and
-# the persistent steps do). Tried on an H100 on 2026-12-07 (a throwaway sweep, not recorded): each kernel asked
-# for its share of the weights 1 to 28 MB further along the token's weights, issued before or after it let the
-# next kernel start; the step was slower at every distance, and slower the further ahead.
+# Not done here: asking the L2 cache for weights that later kernels read (prefetch.global.L2, as the persistent
+# step does; the batched step asks only for its own kernel's weights, before it waits). Tried on an H100 on
+# 2026-12-07 (a throwaway sweep, not recorded): each kernel asked for its share of the weights 1 to 28 MB further
+# along the token's weights, issued before or after it let the next kernel start; the step was slower at every
+# distance, most of all at 16 and 28 MB.
 
 
 @_jit
