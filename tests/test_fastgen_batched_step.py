@@ -106,7 +106,7 @@ def test_auto_takes_the_batched_step_up_to_batched_auto_in_16_bit_weights(sharp_
 @pytest.mark.parametrize(("batch", "step"), [(2, "BatchedStep"), (3, "ModelStep")])
 def test_batches_past_batched_upto_take_the_models_step(sharp_model, batch, step):
     fast = fastgen.FastGPT2(sharp_model, kernels=True, compile=False)
-    fast.batched_upto = 2  # as kernels="auto" sets it (from BATCHED_AUTO) on a GPU
+    fast.batched_upto = 2  # as kernels="auto" sets it (from BATCHED_AUTO) on a GPU in bf16 or fp16
     fast._allocate(batch, 16)
     assert type(fast.greedy_step()).__name__ == step
     ids = torch.randint(0, 300, (batch, 5), generator=torch.Generator().manual_seed(3)).to(DEV)

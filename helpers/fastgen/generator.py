@@ -24,9 +24,9 @@ PREFILL_GRAPHS = 8  # on a GPU, CUDA graphs of the prefill kept for this many pr
 # kernels="auto" runs greedy batches of 2 to this many sequences on the batched Triton step (16-bit weights), and
 # larger ones on the compiled step. The H100 ladder of 2026-12-07 (bf16, results/recorded/) timed the batched step
 # ahead of the compiled step at batches 2, 4, 8, 16 and 64, and behind at 32; every batch of 2 to 16 runs the same
-# tile of 16 sequences (batched_step.BatchedStep.block_b) as the timed ones. Other GPUs where "auto" runs kernels
-# (compute capability 9.0: H100, H200) take the same limit untimed. In fp32 the step's products do not run on
-# tensor cores and were not timed: "auto" leaves fp32 batches to the compiled step.
+# tile of 16 sequences (batched_step.BatchedStep.block_b) as the timed ones. The other GPUs where "auto" runs
+# kernels (compute capability 9.x: the H200) take the same limit untimed, and so does fp16. In fp32 the step's
+# products do not run on tensor cores and were not timed: "auto" leaves fp32 batches to the compiled step.
 BATCHED_AUTO = 16
 # A step compiled on a CPU gets a KV cache of a multiple of this many positions (unused positions are masked):
 # nearby lengths then share one compiled step, and it avoids a cache of exactly 160 positions, the benchmark's
@@ -85,8 +85,8 @@ class FastGPT2(nn.Module):
     ``int8="q8_0"`` the C++ step (``cpu_step``: the whole token in one call), which
     ``"auto"`` uses with a float KV cache. With ``kernels=True``, greedy batches of several sequences run the
     batched Triton step (``batched_step``: products on tensor cores), which ``"auto"`` uses for batches of up to
-    ``BATCHED_AUTO`` sequences in bf16 or fp16, where it was timed ahead of the compiled step (bf16 on an H100;
-    ``batched_upto``: the largest batch that uses it); sampling uses the model's step (``compile``).
+    ``BATCHED_AUTO`` sequences in bf16 or fp16 (timed ahead of the compiled step in bf16 on an H100; fp16
+    untimed; ``batched_upto``: the largest batch that uses it); sampling uses the model's step (``compile``).
     ``graph_prefill``: the prompt's pass recorded in a CUDA graph, one per prompt shape (``policy.CapturedPrefill``;
     a new shape costs about three eager passes once); ``"auto"`` uses it on a GPU unless the compiler records the
     step's CUDA graphs (the two do not mix). Eager, a short prompt's pass waits on Python launching a few hundred
