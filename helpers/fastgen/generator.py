@@ -243,6 +243,10 @@ class FastGPT2(nn.Module):
             self._decode = policy.compiled(self.model.forward, self.compile_mode)
         return self._decode
 
+    def _batched(self, batch: int) -> bool:
+        """Whether a greedy batch of ``batch`` sequences runs the batched Triton step (2 to ``batched_upto``)."""
+        return 1 < batch <= self.batched_upto
+
     def greedy_step(self):
         """The greedy step for the current batch: when ``kernels``, at batch 1 the C++ step (q8_0 weights), the
         persistent step or the Triton step (GPU), and for batches of 2 to ``batched_upto`` sequences the batched
@@ -254,7 +258,7 @@ class FastGPT2(nn.Module):
                 self._greedy = persistent_step.PersistentStep(self.model, self._tok, self._pos, self._out)
             elif self.kernels and self.model.batch == 1:
                 self._greedy = triton_step.TritonStep(self.model, self._tok, self._pos, self._out)
-            elif 1 < self.model.batch <= self.batched_upto:  # a batch: tensor-core products (batched_step)
+            elif self._batched(self.model.batch):  # a batch: tensor-core products (batched_step)
                 self._greedy = batched_step.BatchedStep(self.model, self._tok, self._pos, self._out)
             else:
                 self._greedy = ModelStep(self._step(), self._tok, self._pos, self._out)
@@ -283,7 +287,7 @@ class FastGPT2(nn.Module):
         if t < input_ids.shape[1]:  # _prepare dropped one sequence's left padding: decode without, put it back
             out = self.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
             return torch.cat([input_ids[:, : input_ids.shape[1] - t].to(self.device), out], 1)
-        if temperature == 0 and (self.graph_steps > 1 or (self.kernels and b == 1) or 1 < b <= self.batched_upto):
+        if temperature == 0 and (self.graph_steps > 1 or (self.kernels and b == 1) or self._batched(b)):
             return self._generate_in_place(ids, total)
         out = torch.empty(b, total, dtype=torch.long, device=self.device)
         out[:, :t] = ids
