@@ -23,9 +23,9 @@ Each module has one job; the notebooks import what they need:
 - ``helpers.q8``        llama.cpp's q8_0 weights and the workbook's own C++ kernel for them (CPU, notebook 03c)
 - ``helpers.prune``     pruning: magnitude (unstructured), 2:4, MLP neurons and blocks, CSR timing
 - ``helpers.fastgen``   the fast decoder, a package in the lessons' order: model (eager, ``KVCache``), policy
-                        (compile, CUDA graphs), triton_step (the hand-written GPU step), persistent_step (the
-                        same in one kernel a token), batched_step (the GPU step for a batch, on tensor cores),
-                        cpu_step (the C++ step for q8_0 weights), generator (``FastGPT2``)
+                        (compile, CUDA graphs), triton_step (the hand-written GPU step), persistent_step and
+                        dataflow_step (the same in one kernel a token), batched_step (the GPU step for a batch,
+                        on tensor cores), cpu_step (the C++ step for q8_0 weights), generator (``FastGPT2``)
 - ``helpers.ladder``    ``python -m helpers.ladder``: every decoding setup measured in one run
 - ``helpers.timeline``  ``python -m helpers.timeline``: a decode token's kernels on the GPU's clock, busy and idle
 - ``helpers.roofline``  ``python -m helpers.roofline``: arithmetic intensity, the two measured roofs, what bounds a step

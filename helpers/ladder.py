@@ -3,7 +3,7 @@
     python -m helpers.ladder                      # GPT-2 124M architecture, 32-token prompt, 128 new tokens
     python -m helpers.ladder --quick              # fewer tokens and repeats (a smoke test)
     python -m helpers.ladder --model pocket --out my-ladder.json
-    python -m helpers.ladder --persistent         # on a GPU, also the persistent Triton step (opt-in)
+    python -m helpers.ladder --persistent         # on a GPU, also the one-launch Triton steps (opt-in)
     python -m helpers.ladder --batches 8 64       # on a GPU, also the compiled and the batched step at batches 8, 64
 
 Rows: Hugging Face ``generate()`` in fp32 eager, in bf16, with a static cache (which transformers
@@ -97,15 +97,19 @@ def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True
                 "fast",
             )
         )
-        if persistent:
-            rows.append(
-                (
-                    f"FastGPT2, {kind}, one persistent Triton kernel a token, {GRAPH_STEPS} steps per CUDA graph",
-                    base,
-                    lambda: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels="persistent"),
-                    "fast",
+        if persistent:  # the two steps of one launch a token: grid barriers, and tasks that wait on counts
+            for name, kernels in (
+                ("one persistent Triton kernel", "persistent"),
+                ("one dataflow Triton kernel", "dataflow"),
+            ):
+                rows.append(
+                    (
+                        f"FastGPT2, {kind}, {name} a token, {GRAPH_STEPS} steps per CUDA graph",
+                        base,
+                        lambda kernels=kernels: fastgen.FastGPT2(base, graph_steps=GRAPH_STEPS, kernels=kernels),
+                        "fast",
+                    )
                 )
-            )
     if on_gpu:
         rows.append(
             ("FastGPT2, int8 weights, compiled + CUDA graphs", base, lambda: fastgen.FastGPT2(base, int8=True), "fast")
@@ -325,7 +329,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--persistent",
         action="store_true",
-        help="on a GPU, add the row of the persistent Triton step (fastgen.persistent_step; opt-in)",
+        help="on a GPU, add the rows of the one-launch Triton steps (fastgen.persistent_step, dataflow_step; opt-in)",
     )
     args = parser.parse_args(argv)
     try:

@@ -62,19 +62,26 @@ def test_cpu_target_uses_the_fastest_row():
     assert "| FastGPT2, int8 weights (dynamic int8), eager | 110 | 4.40x |" in table
 
 
-def test_gpu_rows_follow_the_capability():
+def test_gpu_rows_follow_the_capability(monkeypatch):
     """A T4 (7.5) gets fp16 rows and no Triton step; a Hopper GPU gets bf16 rows and the step."""
     t4 = [label for label, *_ in ladder._rows(None, None, True, half="fp16", triton_step=False)]
     h100 = [label for label, *_ in ladder._rows(None, None, True, half="bf16", triton_step=True)]
     assert "generate(), fp16 eager" in t4 and not any("Triton" in x for x in t4)
     assert any("Triton" in x for x in h100) and len(h100) == len(t4) + 1
     assert t4[-1].startswith("FastGPT2, int8")
-    # --persistent adds the persistent step's row after the Triton step's, where the Triton step was checked
+    # --persistent adds the rows of the two one-launch steps after the Triton step's, where it was checked
     with_persistent = [label for label, *_ in ladder._rows(None, None, True, half="bf16", persistent=True)]
-    assert (
-        with_persistent
-        == h100[:6] + ["FastGPT2, bf16, one persistent Triton kernel a token, 16 steps per CUDA graph"] + h100[6:]
-    )
+    one_launch = [
+        f"FastGPT2, bf16, one {name} Triton kernel a token, 16 steps per CUDA graph"
+        for name in ("persistent", "dataflow")
+    ]
+    assert with_persistent == h100[:6] + one_launch + h100[6:]
+    rows = ladder._rows(None, None, True, half="bf16", persistent=True)
+    built = {}  # each row builds the FastGPT2 of its own step (the lambdas do not share the loop's last value)
+    monkeypatch.setattr(ladder.fastgen, "FastGPT2", lambda base, **kw: kw["kernels"])
+    for label, _, make, _ in rows[6:8]:
+        built[label] = make()
+    assert list(built.values()) == ["persistent", "dataflow"]
     assert [
         label for label, *_ in ladder._rows(None, None, True, half="fp16", triton_step=False, persistent=True)
     ] == t4

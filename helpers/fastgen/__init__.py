@@ -13,6 +13,8 @@ Its files follow the order notebooks 05 and 05b teach it:
    a layer plus one. The file that imports Triton; notebook 05b builds it kernel by kernel.
    ``persistent_step.py``: the same stages in one persistent kernel a token, its programs meeting at grid
    barriers instead of kernel boundaries, the next layer's weights fetched into the L2 cache ahead of use.
+   ``dataflow_step.py``: the same stages in one launch a token of the Triton step's many small programs, each
+   waiting only on a count of the stage it reads (no grid barrier, no kernel boundary).
    ``batched_step.py``: the greedy step for a batch of sequences, its products on tensor cores (``tl.dot``):
    five kernels a layer plus one (notebook 06b measures where batching stops being bound by the bytes).
 4. int8 weights by swapping the decoder's linear layers (``helpers.quant``): on a GPU ``Int8Linear``
@@ -35,6 +37,7 @@ masked, as ``generate()`` does with an ``attention_mask``.
 
 from .batched_step import BatchedStep
 from .cpu_step import CppStep
+from .dataflow_step import DataflowStep
 from .generator import STREAM_BLOCK, FastGPT2, ModelStep
 from .model import Block, Decoder, Int8KVCache, KVCache, Linear, matvec
 from .persistent_step import PersistentStep
@@ -49,6 +52,7 @@ __all__ = [
     "BatchedStep",
     "Block",
     "CppStep",
+    "DataflowStep",
     "Decoder",
     "FastGPT2",
     "Int8KVCache",
