@@ -1,23 +1,25 @@
 """The dataflow decode step: GPT-2's whole greedy token in one Triton kernel launch of many small tasks (GPU, batch 1).
 
-The Triton step (``triton_step.py``) runs a token as 37 kernels; the persistent step (``persistent_step.py``) as
-one grid of one program per multiprocessor that meets at a grid barrier between every two stages. This step
-launches one grid per token too, but with one program per *task*: the Triton step's programs, all 37 kernels'
-worth, numbered in the order the token needs them (layer by layer: the q, k, v product's tasks, then the
-attention's, then the MLP's; last the output layer's). The GPU runs as many programs at once as fit and starts
-the next as one ends, so while the programs of one stage compute, the programs of the next stages are already
-running: each loads its weights, which no task writes, and then waits until the stage it depends on is done.
+The Triton step (``triton_step.py``) runs a token as 37 kernels; the persistent step (``persistent_step.py``) as one
+grid of one program per multiprocessor that meets at a grid barrier between every two stages. This step launches one
+grid per token too, but with one program per *task*: small programs like the Triton step's (its 37 kernels'
+programs, the attention's split in more and smaller tasks), numbered in the order the token needs them (layer by
+layer: the q, k, v product's tasks, then the attention's, then the MLP's; last the output layer's). The GPU runs as
+many programs at once as fit and starts the next as one ends, so while the programs of one stage compute, the
+programs of the next stages are already running: each loads its weights, which no task writes, and then waits until
+the stage it depends on is done.
 
-A stage is done when all its tasks have finished: each task adds 1 to a count in GPU memory when it has
-written its results, and a task of a later stage polls that count until it reaches the number of tasks of
-every earlier stage. So a task waits only for the count of the work it needs, not for a kernel's end and the
-next kernel's start, and the weights of the stages ahead stream in from memory meanwhile.
+A stage is done when all its tasks have finished: each task adds 1 to its stage's count in GPU memory when it
+has written its results, and a task of the next stage polls that count until it reaches the number of tasks of
+the stage (``STAGE_COUNTS``; else one count of all tasks, polled until it holds every earlier stage's). So a
+task waits for the stage before it, not for a kernel's end and the next kernel's start, and the weights of the
+stages ahead stream in from memory meanwhile.
 
 A task that waits occupies its place on the GPU, so the tasks it waits for must already be running: each
 program takes its task's number from a ticket counter when it starts (an atomic add), not from its place in the
 grid, so every task with a smaller number has been taken by a program that is running or done. A wait that
-sees no progress for ``WAIT_LIMIT`` polls gives up and flags it, and ``DataflowStep.check`` raises, instead of
-the GPU hanging.
+has polled ``WAIT_LIMIT`` times without seeing its target gives up and flags it, and ``DataflowStep.check``
+raises, instead of the GPU hanging.
 
 Each multiprocessor has its own L1 cache, which does not see what other multiprocessors write: everything a task
 reads that another task wrote in the same launch (activations, the new keys and values) is loaded with
@@ -74,7 +76,8 @@ WAIT_LIMIT = 1 << 22  # polls of a count before a task gives up (a few seconds o
 def _wait(count_ptr, target, flag_ptr, LIMIT: tl.constexpr, BACKOFF: tl.constexpr):
     """Poll the count at ``count_ptr`` until it reaches ``target`` (acquire: what the counted tasks wrote before
     arriving is then visible here), sleeping BACKOFF nanoseconds between polls (0: none). After LIMIT polls
-    the task stops waiting, raises the flag and adds ``GAVE_UP`` to the count, so other waits on it pass."""
+    the task stops waiting and raises the flag; the first to raise it adds ``GAVE_UP`` to the count, so other
+    waits on it pass (once: more such adds would overflow the count)."""
     seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")  # compiled as one acquiring load
     polls = 0
     while (seen < target) & (polls < LIMIT):
@@ -85,8 +88,8 @@ def _wait(count_ptr, target, flag_ptr, LIMIT: tl.constexpr, BACKOFF: tl.constexp
         seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
         polls += 1
     if seen < target:
-        tl.atomic_xchg(flag_ptr, 1)
-        tl.atomic_add(count_ptr, GAVE_UP, sem="relaxed", scope="gpu")
+        if tl.atomic_xchg(flag_ptr, 1) == 0:
+            tl.atomic_add(count_ptr, GAVE_UP, sem="relaxed", scope="gpu")
 
 
 @_jit
@@ -126,7 +129,7 @@ def _qkv_task(
         _wait(wait_ptr, target, flag_ptr, LIMIT, BACKOFF)
         x = tl.load(x_in + cols, mask=col_ok, other=0.0, cache_modifier=".cg")  # (BLOCK_K,)
     if task == 0:
-        proj_b = tl.load(_address(table, layer, PROJ_B, wte_ptr) + cols, mask=col_ok, other=0.0).to(f32)
+        proj_b = tl.load(_address(table, layer, PROJ_B, wte_ptr) + cols, mask=col_ok, other=0.0).to(f32)  # (BLOCK_K,)
         tl.store(x2_ptr + cols, x + proj_b, mask=col_ok)
         tl.store(x_out + cols, tl.zeros_like(x), mask=col_ok)
     y = tl.sum(w.to(f32) * _layer_norm(x, gamma, beta, col_ok, C, eps)[None, :], 1) + bias  # (ROWS,)
@@ -187,7 +190,9 @@ def _mlp_task(
     hid = task * ROWS + tl.arange(0, ROWS)  # (ROWS,)
     hid_ok = hid < 4 * C
     both = hid_ok[:, None] & col_ok[None, :]  # (ROWS, BLOCK_K)
-    w_in = tl.load(_address(table, layer, FC_W, wte_ptr) + hid[:, None] * C + cols[None, :], mask=both, other=0.0)
+    w_in = tl.load(
+        _address(table, layer, FC_W, wte_ptr) + hid[:, None] * C + cols[None, :], mask=both, other=0.0
+    )  # (ROWS, BLOCK_K)
     w_out = tl.load(
         _address(table, layer, OUT_W, wte_ptr) + cols[None, :] * (4 * C) + hid[:, None], mask=both, other=0.0
     )  # (ROWS, BLOCK_K): out's columns for these hidden units
@@ -219,7 +224,9 @@ def _head_task(
     col_ok = cols < C
     rows = task * ROWS + tl.arange(0, ROWS)  # (ROWS,)
     ok = rows < V
-    w = tl.load(wte_ptr + rows[:, None] * C + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0)
+    w = tl.load(
+        wte_ptr + rows[:, None] * C + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0
+    )  # (ROWS, BLOCK_K)
     gamma = tl.load(lnf_w_ptr + cols, mask=col_ok, other=0.0).to(f32)  # (BLOCK_K,)
     beta = tl.load(lnf_b_ptr + cols, mask=col_ok, other=0.0).to(f32)  # (BLOCK_K,)
     _wait(wait_ptr, target, counts_ptr + 2, LIMIT, BACKOFF)
@@ -230,7 +237,7 @@ def _head_task(
     tl.store(best_ptr + TASKS + task, (task * ROWS + tl.argmax(y, 0)).to(f32))  # exact below 2**24
     tl.debug_barrier()  # every thread's stores before the count (released by the atomic)
     if tl.atomic_add(counts_ptr + 1, 1, sem="acq_rel", scope="gpu") == TASKS - 1:  # the last head task
-        at = tl.arange(0, BLOCK_P)
+        at = tl.arange(0, BLOCK_P)  # (BLOCK_P,)
         bests = tl.load(best_ptr + at, mask=at < TASKS, other=float("-inf"), volatile=True)  # (BLOCK_P,)
         token = tl.load(best_ptr + TASKS + tl.argmax(bests, 0), volatile=True).to(tl.int64)
         pos = tl.load(pos_ptr)
@@ -240,7 +247,7 @@ def _head_task(
         tl.store(counts_ptr + 1, 0)
         if tl.load(counts_ptr + 2, volatile=True) == 0:  # (after a wait gave up, the counts stay high)
             tl.store(counts_ptr, 0)  # every other task has finished: the next token counts from 0
-            stages = tl.arange(0, BLOCK_S)
+            stages = tl.arange(0, BLOCK_S)  # (BLOCK_S,)
             tl.store(counts_ptr + 4 + stages, tl.zeros([BLOCK_S], tl.int32), mask=stages < N_COUNTS)
 
 
@@ -254,12 +261,12 @@ def _dataflow_kernel(
     N_BLOCKS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, TICKET: tl.constexpr,
     STAGE_COUNTS: tl.constexpr, LIMIT: tl.constexpr, BACKOFF: tl.constexpr,
 ):  # fmt: skip
-    """One task of the token: its number from the ticket counter ``counts[3]`` (or the program's place), then
-    the stage and the part of it the number names. Tasks of a layer are numbered T_QKV q, k, v tasks, T_ATT
-    attention tasks, T_MLP MLP tasks; after the last layer come T_HEAD output-layer tasks. ``counts``: tasks done
-    (all stages), output-layer tasks done, the flag of a wait that gave up, the ticket, then (STAGE_COUNTS) the
-    tasks done of each stage: a task waits until the stage before it is done. ``x`` (2, C): a layer's input and
-    output residuals in turn; ``x2``: the residual after attention."""
+    """One task of the token: its number from the ticket counter ``counts[3]`` (or the program's place), then the stage
+    and the part of it the number names. Tasks of a layer are numbered T_QKV q, k, v tasks, T_ATT attention
+    tasks, T_MLP MLP tasks; after the last layer come T_HEAD output-layer tasks. ``counts``: tasks done (all
+    stages; only without STAGE_COUNTS), output-layer tasks done, the flag of a wait that gave up, the ticket,
+    then (STAGE_COUNTS) the tasks done of each stage: a task waits until the stage before it is done.
+    ``x`` (2, C): a layer's input and output residuals in turn; ``x2``: the residual after attention."""
     T_LAYER = T_QKV + T_ATT + T_MLP
     TOTAL = N_LAYER * T_LAYER + T_HEAD
     if TICKET:
@@ -274,7 +281,7 @@ def _dataflow_kernel(
     part = tl.where(layer < N_LAYER, part, 0)  # the output layer: one stage
     stage = 3 * layer + part  # (the output layer: 3 * N_LAYER)
     if STAGE_COUNTS:  # wait for the stage before, arrive at this one's count
-        wait_ptr = counts_ptr + 4 + stage - 1
+        wait_ptr = counts_ptr + 4 + stage - 1  # (stage 0, the first layer's q, k, v, never waits)
         target = tl.where(part == 0, T_MLP, tl.where(part == 1, T_QKV, T_ATT))
         done_ptr = counts_ptr + 4 + stage
     else:  # one count of all tasks done: wait until it holds every earlier stage's

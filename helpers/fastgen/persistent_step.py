@@ -95,8 +95,8 @@ def _wait(counts_ptr, target, LIMIT: tl.constexpr):
     earlier stage (acquire: what they wrote before arriving is then visible here).
 
     If LIMIT polls (a few seconds of polling) see too few arrivals, some program could not start and the
-    barrier would never fill: the program stops waiting, raises the flag ``counts[2]`` and adds ``GAVE_UP`` to
-    the count, which lets every later wait pass at once (the count stays that high until
+    barrier would never fill: the program stops waiting and raises the flag ``counts[2]``; the first to raise it
+    adds ``GAVE_UP`` to the count, which lets every later wait pass at once (the count stays that high until
     ``PersistentStep.check`` reads the flag). The tokens are then wrong, but the GPU is not left waiting, and
     ``check`` says so."""
     seen = tl.atomic_add(counts_ptr, 0, sem="acquire", scope="gpu")  # compiled as one acquiring load
@@ -105,8 +105,8 @@ def _wait(counts_ptr, target, LIMIT: tl.constexpr):
         seen = tl.atomic_add(counts_ptr, 0, sem="acquire", scope="gpu")
         polls += 1
     if seen < target:
-        tl.atomic_xchg(counts_ptr + 2, 1)
-        tl.atomic_add(counts_ptr, GAVE_UP, sem="relaxed", scope="gpu")
+        if tl.atomic_xchg(counts_ptr + 2, 1) == 0:  # the first to give up (more adds would overflow the count)
+            tl.atomic_add(counts_ptr, GAVE_UP, sem="relaxed", scope="gpu")
 
 
 @_jit
@@ -471,5 +471,5 @@ def _tensor(block, name: str) -> torch.Tensor:
     owner, attr = name.split(".")
     t = getattr(getattr(block, owner), attr)
     if not t.is_contiguous():
-        raise ValueError(f"The persistent step reads {name} as a contiguous tensor; this one is not.")
+        raise ValueError(f"The one-launch steps read {name} as a contiguous tensor; this one is not.")
     return t
