@@ -36,7 +36,6 @@ import math
 import torch
 
 from .persistent_step import (
-    ADDRESS_COLUMNS,
     CACHE_K,
     CACHE_V,
     FC_B,
@@ -53,7 +52,7 @@ from .persistent_step import (
     QKV_B,
     QKV_W,
     _address,
-    _tensor,
+    address_table,
 )
 from .triton_step import _jit, _layer_norm, gelu_tanh, softmax_block, store_qkv, tl, triton
 
@@ -352,12 +351,7 @@ class DataflowStep:
             BLOCK_S=triton.next_power_of_2(3 * cfg.n_layer), TICKET=TICKET, STAGE_COUNTS=STAGE_COUNTS,
             LIMIT=WAIT_LIMIT, BACKOFF=BACKOFF if device.type == "cuda" else 0,
         )  # fmt: skip
-        # each tensor's place as an offset in elements from the output layer's weight (the kernel's ``wte_ptr``)
-        base, size = decoder.head.weight.data_ptr(), decoder.head.weight.element_size()
-        gaps = [[_tensor(block, name).data_ptr() - base for name in ADDRESS_COLUMNS] for block in decoder.blocks]
-        if any(gap % (8 * size) for row in gaps for gap in row):
-            raise ValueError("The dataflow step needs each tensor to start a multiple of 8 elements from the others.")
-        self.table = torch.tensor(gaps, dtype=torch.int64, device=device) // size  # (n_layer, len(ADDRESS_COLUMNS))
+        self.table = address_table(decoder, "dataflow")  # (n_layer, len(ADDRESS_COLUMNS))
         f32 = dict(device=device, dtype=torch.float32)
         self.x = torch.zeros(2, c, **f32)  # a layer's input and output residuals, in turn
         self.x2 = torch.zeros(c, **f32)  # the residual after attention (the MLP's input)

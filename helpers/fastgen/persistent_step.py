@@ -424,12 +424,7 @@ class PersistentStep:
             PREFETCH=device.type == "cuda" and PREFETCH,  # the interpreter runs no GPU instructions
             SYNC=self.sync, LIMIT=WAIT_LIMIT,
         )  # fmt: skip
-        # each tensor's place as an offset in elements from the output layer's weight (the kernel's ``wte_ptr``)
-        base, size = decoder.head.weight.data_ptr(), decoder.head.weight.element_size()
-        gaps = [[_tensor(block, name).data_ptr() - base for name in ADDRESS_COLUMNS] for block in decoder.blocks]
-        if any(gap % (8 * size) for row in gaps for gap in row):
-            raise ValueError("The persistent step needs each tensor to start a multiple of 8 elements from the others.")
-        self.table = torch.tensor(gaps, dtype=torch.int64, device=device) // size  # (n_layer, len(ADDRESS_COLUMNS))
+        self.table = address_table(decoder, "persistent")  # (n_layer, len(ADDRESS_COLUMNS))
         f32 = dict(device=device, dtype=torch.float32)
         self.x = torch.zeros(2, c, **f32)  # a layer's input and output residuals, in turn
         self.x2 = torch.zeros(c, **f32)  # the residual after attention (the MLP's input)
@@ -464,6 +459,17 @@ class PersistentStep:
                 "barrier gave up waiting and the tokens are wrong. Other work on the same GPU can cause this. "
                 "Use kernels=True (one kernel per stage) instead."
             )
+
+
+def address_table(decoder, step: str) -> torch.Tensor:
+    """The table the one-launch steps find each layer's tensors in: each tensor of ``ADDRESS_COLUMNS``, one row
+    per layer, as an offset in elements from the output layer's weight (the kernels' ``wte_ptr``), on the
+    decoder's device. ``step`` names the step in the error raised when an offset is not a multiple of 8."""
+    base, size = decoder.head.weight.data_ptr(), decoder.head.weight.element_size()
+    gaps = [[_tensor(block, name).data_ptr() - base for name in ADDRESS_COLUMNS] for block in decoder.blocks]
+    if any(gap % (8 * size) for row in gaps for gap in row):
+        raise ValueError(f"The {step} step needs each tensor to start a multiple of 8 elements from the others.")
+    return torch.tensor(gaps, dtype=torch.int64, device=decoder.head.weight.device) // size  # (n_layer, columns)
 
 
 def _tensor(block, name: str) -> torch.Tensor:
