@@ -97,10 +97,11 @@ def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True
                 "fast",
             )
         )
-        if persistent:  # the two steps of one launch a token: grid barriers, and tasks that wait on counts
+        if persistent:  # the steps of one launch a token: grid barriers, tasks that wait on counts, streamed weights
             for name, kernels in (
                 ("one persistent Triton kernel", "persistent"),
                 ("one dataflow Triton kernel", "dataflow"),
+                ("one streaming CUDA kernel", "stream"),
             ):
                 rows.append(
                     (
@@ -329,7 +330,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--persistent",
         action="store_true",
-        help="on a GPU, add the rows of the one-launch Triton steps (fastgen.persistent_step, dataflow_step; opt-in)",
+        help="on a GPU, add the rows of the one-launch steps (persistent_step, dataflow_step, stream_step; opt-in)",
     )
     args = parser.parse_args(argv)
     try:

@@ -125,6 +125,7 @@ def steps() -> list[tuple[str, dict]]:
         (f"Triton step (a kernel a stage), {graphs}", dict(graph_steps=GRAPH_STEPS, kernels=True)),
         (f"persistent step (one kernel a token), {graphs}", dict(graph_steps=GRAPH_STEPS, kernels="persistent")),
         (f"dataflow step (one kernel a token), {graphs}", dict(graph_steps=GRAPH_STEPS, kernels="dataflow")),
+        (f"streaming step (one CUDA kernel a token), {graphs}", dict(graph_steps=GRAPH_STEPS, kernels="stream")),
     ]
 
 

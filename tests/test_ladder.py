@@ -69,19 +69,19 @@ def test_gpu_rows_follow_the_capability(monkeypatch):
     assert "generate(), fp16 eager" in t4 and not any("Triton" in x for x in t4)
     assert any("Triton" in x for x in h100) and len(h100) == len(t4) + 1
     assert t4[-1].startswith("FastGPT2, int8")
-    # --persistent adds the rows of the two one-launch steps after the Triton step's, where it was checked
+    # --persistent adds the rows of the three one-launch steps after the Triton step's, where it was checked
     with_persistent = [label for label, *_ in ladder._rows(None, None, True, half="bf16", persistent=True)]
     one_launch = [
-        f"FastGPT2, bf16, one {name} Triton kernel a token, 16 steps per CUDA graph"
-        for name in ("persistent", "dataflow")
+        f"FastGPT2, bf16, one {name} kernel a token, 16 steps per CUDA graph"
+        for name in ("persistent Triton", "dataflow Triton", "streaming CUDA")
     ]
     assert with_persistent == h100[:6] + one_launch + h100[6:]
     rows = ladder._rows(None, None, True, half="bf16", persistent=True)
     built = {}  # each row builds the FastGPT2 of its own step (the lambdas do not share the loop's last value)
     monkeypatch.setattr(ladder.fastgen, "FastGPT2", lambda base, **kw: kw["kernels"])
-    for label, _, make, _ in rows[6:8]:
+    for label, _, make, _ in rows[6:9]:
         built[label] = make()
-    assert list(built.values()) == ["persistent", "dataflow"]
+    assert list(built.values()) == ["persistent", "dataflow", "stream"]
     assert [
         label for label, *_ in ladder._rows(None, None, True, half="fp16", triton_step=False, persistent=True)
     ] == t4

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import capability, q8, quant
-from . import batched_step, cpu_step, dataflow_step, persistent_step, policy, triton_step
+from . import batched_step, cpu_step, dataflow_step, persistent_step, policy, stream_step, triton_step
 from .model import Decoder, Linear
 
 STREAM_BLOCK = 128  # stream() sizes the KV cache in blocks of this many positions
@@ -83,7 +83,9 @@ class FastGPT2(nn.Module):
     ``graph_steps > 1``; ``"persistent"`` runs the GPU's step as one persistent kernel a token instead of one
     kernel a stage (``persistent_step``; slower than the Triton step where timed, so never chosen by ``"auto"``);
     ``"dataflow"`` runs it as one launch a token of many small tasks that wait on counts instead of grid barriers
-    (``dataflow_step``; slower than the Triton step where timed, never chosen by ``"auto"`` either); with
+    (``dataflow_step``; slower than the Triton step where timed, never chosen by ``"auto"`` either);
+    ``"stream"`` runs it as one CUDA C++ kernel a token whose weights stream through shared memory while its
+    blocks wait for each other (``stream_step``; bf16 or fp16 weights, never chosen by ``"auto"``); with
     ``int8="q8_0"`` the C++ step (``cpu_step``: the whole token in one call), which
     ``"auto"`` uses with a float KV cache. With ``kernels=True``, greedy batches of several sequences run the
     batched Triton step (``batched_step``: products on tensor cores), which ``"auto"`` uses for batches of up to
@@ -158,11 +160,16 @@ class FastGPT2(nn.Module):
                 layer.matvec = bool(matvec)
         runnable = triton_step.runnable(self.device)
         asked = kernels
-        if kernels not in ("auto", True, False, "persistent", "dataflow"):
-            raise ValueError(f"kernels takes 'auto', True, False, 'persistent' or 'dataflow', got {kernels!r}.")
-        self.one_launch = kernels if kernels in ("persistent", "dataflow") else None  # one launch a token (GPU)
+        if kernels not in ("auto", True, False, "persistent", "dataflow", "stream"):
+            raise ValueError(
+                f"kernels takes 'auto', True, False, 'persistent', 'dataflow' or 'stream', got {kernels!r}."
+            )
+        # one launch a token (GPU): two designs in Triton, one in CUDA C++
+        self.one_launch = kernels if kernels in ("persistent", "dataflow", "stream") else None
         if self.one_launch and int8 == "q8_0":
-            raise ValueError(f"kernels={kernels!r} is a GPU step (Triton); with int8='q8_0' use kernels=True.")
+            raise ValueError(f"kernels={kernels!r} is a GPU step; with int8='q8_0' use kernels=True.")
+        if kernels == "stream" and not on_gpu:
+            raise ValueError("kernels='stream' is CUDA C++: one launch a token needs a GPU. Use kernels=True.")
         if int8 == "q8_0":  # the CPU's hand-written step: the whole token in one C++ call (cpu_step)
             if kernels == "auto":
                 kernels = kv_cache == "float"
@@ -251,7 +258,7 @@ class FastGPT2(nn.Module):
 
     def greedy_step(self):
         """The greedy step for the current batch: when ``kernels``, at batch 1 the C++ step (q8_0 weights), the
-        persistent step, the dataflow step or the Triton step (GPU), and for batches of 2 to ``batched_upto``
+        persistent, dataflow or streaming step or the Triton step (GPU), and for batches of 2 to ``batched_upto``
         sequences the batched Triton step; else the model's."""
         if self._greedy is None:
             if self.kernels and self.model.batch == 1 and self.int8 == "q8_0":
@@ -260,6 +267,8 @@ class FastGPT2(nn.Module):
                 self._greedy = persistent_step.PersistentStep(self.model, self._tok, self._pos, self._out)
             elif self.kernels and self.model.batch == 1 and self.one_launch == "dataflow":
                 self._greedy = dataflow_step.DataflowStep(self.model, self._tok, self._pos, self._out)
+            elif self.kernels and self.model.batch == 1 and self.one_launch == "stream":
+                self._greedy = stream_step.StreamStep(self.model, self._tok, self._pos, self._out)
             elif self.kernels and self.model.batch == 1:
                 self._greedy = triton_step.TritonStep(self.model, self._tok, self._pos, self._out)
             elif self._batched(self.model.batch):  # a batch: tensor-core products (batched_step)

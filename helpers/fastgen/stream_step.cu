@@ -1,0 +1,476 @@
+// The streaming decode step: GPT-2's whole greedy token in one CUDA kernel launch (batch 1, 16-bit weights).
+//
+// One block per multiprocessor. Before the first token, the host repacked the weights so that each block's share
+// of the whole token (its rows of every layer's q, k, v product, its rows of the attention's projection, its
+// hidden units of the MLP, its rows of the output layer) lies in one contiguous stream, cut into pieces of at
+// most SLOT_BYTES, in the order the block uses them (stream_step.py, `plan`). The block copies its stream into a
+// ring of SLOTS pieces in shared memory with asynchronous copies (cp.async), SLOTS - 1 pieces ahead of the piece
+// it computes on. Those copies do not stop at a stage's end: while a block waits for the other blocks (a count
+// in global memory, one arrival per block per stage), its next pieces keep arriving, so the memory stays busy
+// across every wait. That is what the Triton kernels could not express: a wait on other blocks that does not
+// also stop the reads of the weights behind it.
+//
+// Stages of one token: per layer the q, k, v product (kind 0), the attention of one head with its rows of the
+// projection (kind 1), the MLP (kind 2); then the output layer (kind 3), whose last block picks the token.
+// Activations are fp32 in global memory (the L2 cache), read with ld.global.cg (not the multiprocessor's own
+// L1, which does not see other blocks' writes); where blocks split a sum they meet in fp32 atomic adds.
+//
+// Compiled at run time by NVRTC; the host defines before this text: C (width), H (heads), D (head size),
+// N_LAYER, VOCAB, CACHE_LEN, HIDDEN (MLP width), NTHREADS, SLOTS, SLOT_BYTES, FP16 (1: fp16 weights, 0: bf16),
+// WAIT_LIMIT, PAIRS (column pairs of the MLP's output per thread), POS_PER_THREAD (cached positions per thread).
+
+#ifndef NO_WAIT  // ablations (stream_step.ABLATE), for timing what a part costs; their tokens are wrong
+#define NO_WAIT 0  // 1: waits pass at once
+#endif
+#ifndef NO_COPY
+#define NO_COPY 0  // 1: no weights copied (the pieces compute on whatever the slots hold)
+#endif
+#ifndef ROWS
+#define ROWS 4  // rows of weights a warp multiplies at once
+#endif
+#ifndef ARRIVE_RELEASE
+#define ARRIVE_RELEASE 0  // 1: arrive with one release add instead of a fence and a relaxed add
+#endif
+
+typedef unsigned short half_t;  // a 16-bit float's bits (bf16 or fp16)
+typedef unsigned int u32;
+#define NWARPS (NTHREADS / 32)
+#define INF __int_as_float(0x7f800000)  // +infinity (NVRTC has no math.h)
+#define GAVE_UP (1u << 30)
+#define F_FIRST 1  // the piece starts its stage (wait for the stage before, set the stage up)
+#define F_LAST 2   // the piece ends its stage (finish it, arrive)
+#define PIECE_FIELDS 8  // kind, layer, lo, hi, head, offset (elements), flags, unused
+
+// --- 16-bit floats, from their bits -------------------------------------------------------------------------
+__device__ __forceinline__ float lo16(u32 w) {  // the first of two packed 16-bit floats
+#if FP16
+    float f;
+    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l;}" : "=f"(f) : "r"(w));
+    return f;
+#else
+    return __uint_as_float(w << 16);
+#endif
+}
+__device__ __forceinline__ float hi16(u32 w) {  // the second
+#if FP16
+    float f;
+    asm("{.reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h;}" : "=f"(f) : "r"(w));
+    return f;
+#else
+    return __uint_as_float(w & 0xffff0000u);
+#endif
+}
+__device__ __forceinline__ float to_f(half_t h) { return lo16((u32)h); }
+__device__ __forceinline__ half_t from_f(float f) {  // round to nearest even, as PyTorch's casts
+    half_t h;
+#if FP16
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#else
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#endif
+    return h;
+}
+
+// --- sums and waits --------------------------------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float s) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
+}
+__device__ __forceinline__ float warp_max(float s) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s = fmaxf(s, __shfl_xor_sync(0xffffffffu, s, o));
+    return s;
+}
+__device__ float block_sum(float s, float* red) {  // every thread gets the block's sum; red: NWARPS floats
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+    __syncthreads();
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < NWARPS; ++w) t += red[w];
+    __syncthreads();
+    return t;
+}
+__device__ float block_max(float s, float* red) {
+    s = warp_max(s);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+    __syncthreads();
+    float t = -INF;
+#pragma unroll
+    for (int w = 0; w < NWARPS; ++w) t = fmaxf(t, red[w]);
+    __syncthreads();
+    return t;
+}
+
+// Wait until the count reaches `target` (thread 0 polls; the block waits at the barrier after). A count that
+// does not fill in WAIT_LIMIT polls gives up: the first to give up flags it and adds GAVE_UP to the count, so
+// every later wait passes at once (the token is wrong, the host's check() raises), rather than a hang.
+__device__ void wait_count(u32* counts, u32 target) {
+    if (threadIdx.x == 0 && !NO_WAIT) {
+        int n;  // signed: a count set below zero (the give-up test) waits rather than wrapping around
+        for (long long polls = 0;; ++polls) {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(n) : "l"(counts) : "memory");
+            if (n >= (int)target) break;
+            if (polls >= WAIT_LIMIT) {
+                if (atomicExch(counts + 2, 1u) == 0u) atomicAdd(counts, GAVE_UP);
+                break;
+            }
+        }
+    }
+    __syncthreads();
+}
+// Arrive at the count: every thread's writes are done (the barrier), then thread 0 fences (which covers what the
+// block wrote before the barrier) and adds 1, without waiting for the add's answer.
+__device__ void arrive(u32* counts) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+#if ARRIVE_RELEASE
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counts) : "memory");
+#else
+        asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(counts) : "memory");
+#endif
+    }
+}
+__device__ __forceinline__ float ldcg(const float* p) { return __ldcg(p); }
+
+// --- the pieces' arithmetic ----------------------------------------------------------------------------------
+// Rows of 16-bit weights in shared memory (C values each, `stride` bytes apart) times the fp32 vector x (shared
+// memory): a warp computes up to ROWS rows at once (their loads and sums interleave, rather than one row's
+// additions waiting on the last), n of them; every lane gets the sums in s.
+__device__ __forceinline__ void rows_dot(const unsigned char* w, int stride, int n, const float* x, float* s) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < ROWS; ++j) s[j] = 0.f;
+    for (int k = lane; k < C / 8; k += 32) {  // 8 values a load
+        const float4 a = reinterpret_cast<const float4*>(x)[2 * k];
+        const float4 b = reinterpret_cast<const float4*>(x)[2 * k + 1];
+#pragma unroll
+        for (int j = 0; j < ROWS; ++j) {
+            if (j < n) {
+                const uint4 v = reinterpret_cast<const uint4*>(w + j * stride)[k];
+                s[j] += lo16(v.x) * a.x + hi16(v.x) * a.y + lo16(v.y) * a.z + hi16(v.y) * a.w;
+                s[j] += lo16(v.z) * b.x + hi16(v.z) * b.y + lo16(v.w) * b.z + hi16(v.w) * b.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < ROWS; ++j) s[j] = warp_sum(s[j]);
+}
+
+// LayerNorm of x (C fp32 in shared memory) into y (shared memory), with 16-bit gamma and beta in global memory.
+__device__ void layer_norm(const float* x, float* y, const half_t* gamma, const half_t* beta, float eps, float* red) {
+    float s = 0.f;
+    for (int j = threadIdx.x; j < C; j += NTHREADS) s += x[j];
+    const float mean = block_sum(s, red) / C;
+    s = 0.f;
+    for (int j = threadIdx.x; j < C; j += NTHREADS) s += (x[j] - mean) * (x[j] - mean);
+    const float inv = rsqrtf(block_sum(s, red) / C + eps);
+    for (int j = threadIdx.x; j < C; j += NTHREADS) y[j] = (x[j] - mean) * inv * to_f(gamma[j]) + to_f(beta[j]);
+    __syncthreads();
+}
+
+__device__ __forceinline__ float gelu_tanh(float h) {  // GPT-2's tanh GELU
+    return 0.5f * h * (1.f + tanhf(0.7978845608028654f * (h + 0.044715f * h * h * h)));
+}
+
+// The addresses of one layer's small tensors, one row of the host's table per layer (stream_step.COLUMNS).
+struct Layer {
+    const half_t *ln1_w, *ln1_b, *qkv_b;
+    half_t *cache_k, *cache_v;
+    const half_t *proj_b, *ln2_w, *ln2_b, *fc_b, *out_b;
+};
+__device__ Layer layer_at(const long long* table, int layer) {
+    const long long* t = table + layer * 10;
+    Layer L;
+    L.ln1_w = (const half_t*)t[0];
+    L.ln1_b = (const half_t*)t[1];
+    L.qkv_b = (const half_t*)t[2];
+    L.cache_k = (half_t*)t[3];
+    L.cache_v = (half_t*)t[4];
+    L.proj_b = (const half_t*)t[5];
+    L.ln2_w = (const half_t*)t[6];
+    L.ln2_b = (const half_t*)t[7];
+    L.fc_b = (const half_t*)t[8];
+    L.out_b = (const half_t*)t[9];
+    return L;
+}
+
+// Attention of head `head` for the query in q (global, fp32) over cached positions 0..pos, into att (D floats,
+// shared memory). Each thread takes positions tid, tid + NTHREADS, ... with its own running max, sum and
+// weighted values (the online softmax); the threads' parts are then rescaled to the block's max and summed.
+// kv holds the keys and values of the thread's first position, loaded before the block waited (positions
+// before pos were written by earlier tokens; the one at pos only now, so it is loaded here).
+__device__ void attend(const float* q_g, const half_t* ck, const half_t* cv, int pos, const uint4* kv_first,
+                       float* qs, float* att, float* part, float* red) {
+    const int tid = threadIdx.x;
+    if (tid < D) qs[tid] = ldcg(q_g + tid) * rsqrtf((float)D);
+    __syncthreads();
+    float m = -INF, total = 0.f, acc[D];
+#pragma unroll
+    for (int d = 0; d < D; ++d) acc[d] = 0.f;
+#pragma unroll
+    for (int i = 0; i < POS_PER_THREAD; ++i) {
+        const int p = tid + i * NTHREADS;
+        if (p > pos) break;
+        uint4 k[D / 8], v[D / 8];
+#pragma unroll
+        for (int c = 0; c < D / 8; ++c) {
+            if (i == 0 && p < pos) {
+                k[c] = kv_first[c];
+                v[c] = kv_first[D / 8 + c];
+            } else {
+                k[c] = __ldcg(reinterpret_cast<const uint4*>(ck + (size_t)p * D) + c);
+                v[c] = __ldcg(reinterpret_cast<const uint4*>(cv + (size_t)p * D) + c);
+            }
+        }
+        float s = 0.f;
+#pragma unroll
+        for (int c = 0; c < D / 8; ++c) {
+            s += lo16(k[c].x) * qs[8 * c] + hi16(k[c].x) * qs[8 * c + 1] + lo16(k[c].y) * qs[8 * c + 2];
+            s += hi16(k[c].y) * qs[8 * c + 3] + lo16(k[c].z) * qs[8 * c + 4] + hi16(k[c].z) * qs[8 * c + 5];
+            s += lo16(k[c].w) * qs[8 * c + 6] + hi16(k[c].w) * qs[8 * c + 7];
+        }
+        const float top = fmaxf(m, s), shrink = __expf(m - top), e = __expf(s - top);
+        total = total * shrink + e;
+#pragma unroll
+        for (int c = 0; c < D / 8; ++c) {
+            acc[8 * c] = acc[8 * c] * shrink + e * lo16(v[c].x);
+            acc[8 * c + 1] = acc[8 * c + 1] * shrink + e * hi16(v[c].x);
+            acc[8 * c + 2] = acc[8 * c + 2] * shrink + e * lo16(v[c].y);
+            acc[8 * c + 3] = acc[8 * c + 3] * shrink + e * hi16(v[c].y);
+            acc[8 * c + 4] = acc[8 * c + 4] * shrink + e * lo16(v[c].z);
+            acc[8 * c + 5] = acc[8 * c + 5] * shrink + e * hi16(v[c].z);
+            acc[8 * c + 6] = acc[8 * c + 6] * shrink + e * lo16(v[c].w);
+            acc[8 * c + 7] = acc[8 * c + 7] * shrink + e * hi16(v[c].w);
+        }
+        m = top;
+    }
+    const float top = block_max(m, red);  // every thread has position 0 or none: top is finite
+    const float scale = m == -INF ? 0.f : __expf(m - top);
+    const float denom = block_sum(total * scale, red);
+    // sum acc * scale over the block: over each warp's lanes with shuffles, then over warps in shared memory
+    const int lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+        const float s = warp_sum(acc[d] * scale);
+        if (lane == 0) part[warp * D + d] = s;
+    }
+    __syncthreads();
+    if (tid < D) {
+        float s = 0.f;
+#pragma unroll
+        for (int w = 0; w < NWARPS; ++w) s += part[w * D + tid];
+        att[tid] = s / denom;
+    }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
+    const half_t* __restrict__ stream,   // the packed weights, each block's share contiguous
+    const int* __restrict__ pieces,      // (blocks, max_pieces, PIECE_FIELDS)
+    const int* __restrict__ n_pieces,    // (blocks,)
+    const long long* __restrict__ table, // (N_LAYER, 10) addresses of each layer's small tensors
+    const half_t* __restrict__ wte, const half_t* __restrict__ wpe,
+    const half_t* __restrict__ lnf_w, const half_t* __restrict__ lnf_b,
+    float* act,                          // (4, C): the residual in turn (2 rows), the residual after attention, q
+    float* best,                         // (2, blocks): each block's best logit and its row
+    u32* counts,                         // arrivals, output-layer blocks done, gave up
+    long long* tok, long long* pos_p, long long* out,
+    int max_pieces, float eps) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned char* ring = smem;                                   // SLOTS pieces of weights
+    float* xs = reinterpret_cast<float*>(smem + SLOTS * SLOT_BYTES);  // (C,) the LayerNorm's output
+    float* xr = xs + C;                                          // (C,) the residual the stage read
+    float* qs = xr + C;                                          // (D,) the query, scaled
+    float* att = qs + D;                                         // (D,) the attention's output
+    float* gs = att + D;                                         // (SLOT_BYTES / (4 C),) the MLP's GELU outputs
+    float* part = gs + SLOT_BYTES / (4 * C) + 4;                 // (NWARPS, D) partial sums
+    float* red = part + NWARPS * D;                              // (NWARPS,) scratch of the block sums
+    __shared__ float best_w[NWARPS];
+    __shared__ int row_w[NWARPS];
+
+    const int b = blockIdx.x, nb = gridDim.x, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int* my = pieces + (size_t)b * max_pieces * PIECE_FIELDS;
+    const int np = n_pieces[b];
+    const int pos = (int)*pos_p;  // stays until the last block of the output layer advances it
+    float* x_mid = act + 2 * C;
+    float* q_g = act + 3 * C;
+
+    // copy piece i into its slot: every thread its share of 16-byte chunks, then one group per piece
+    auto issue = [&](int i) {
+        if (i < np && !NO_COPY) {
+            const int* f = my + i * PIECE_FIELDS;
+            const int kind = f[0], n = f[3] - f[2];
+            const int elems = n * (kind == 1 ? D : kind == 2 ? 2 * C : C);
+            const char* src = reinterpret_cast<const char*>(stream + (size_t)(unsigned)f[5]);
+            const u32 dst = (u32)__cvta_generic_to_shared(ring + (i % SLOTS) * SLOT_BYTES);
+            for (int c = tid; c < elems / 8; c += NTHREADS)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst + 16 * c), "l"(src + 16 * c)
+                             : "memory");
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    };
+    for (int i = 0; i < SLOTS - 1; ++i) issue(i);
+
+    float acc[2 * PAIRS];  // the MLP's output columns 2 t, 2 t + 1, t = tid + k NTHREADS, summed over pieces
+    float top = -INF;  // the output layer: this warp's best logit and row
+    int top_row = 0;
+    uint4 kv_first[D / 4];  // the attention: the key and value at this thread's first cached position
+
+    for (int i = 0; i < np; ++i) {
+        issue(i + SLOTS - 1);
+        asm volatile("cp.async.wait_group %0;" ::"n"(SLOTS - 1) : "memory");  // this thread's copies of piece i
+        const int* f = my + i * PIECE_FIELDS;
+        const int kind = f[0], layer = f[1], lo = f[2], hi = f[3], head = f[4], flags = f[6];
+        const unsigned char* slot = ring + (i % SLOTS) * SLOT_BYTES;
+        const int stage = kind == 3 ? 3 * N_LAYER : 3 * layer + kind;
+        const Layer L = layer_at(table, kind == 3 ? 0 : layer);
+        if (kind == 1 && hi > lo && tid < pos) {  // keys and values cached by earlier tokens: read before waiting
+            const uint4* ck = reinterpret_cast<const uint4*>(L.cache_k + ((size_t)head * CACHE_LEN + tid) * D);
+            const uint4* cv = reinterpret_cast<const uint4*>(L.cache_v + ((size_t)head * CACHE_LEN + tid) * D);
+#pragma unroll
+            for (int c = 0; c < D / 8; ++c) {
+                kv_first[c] = __ldcg(ck + c);
+                kv_first[D / 8 + c] = __ldcg(cv + c);
+            }
+        }
+        if (flags & F_FIRST) {
+            if (stage > 0) wait_count(counts, (u32)stage * nb);
+            if (kind == 0) {  // the layer's input: the token's embedding (layer 0) or the residual
+                const float* x_in = act + (layer % 2) * C;
+                for (int j = tid; j < C; j += NTHREADS)
+                    xr[j] = layer == 0 ? to_f(wte[(size_t)*tok * C + j]) + to_f(wpe[(size_t)pos * C + j]) : ldcg(x_in + j);
+                __syncthreads();
+                if (b == 0) {  // start the sums this layer's later stages add into
+                    float* x_out = act + ((layer + 1) % 2) * C;
+                    for (int j = tid; j < C; j += NTHREADS) {
+                        x_mid[j] = xr[j] + to_f(L.proj_b[j]);
+                        x_out[j] = to_f(L.out_b[j]);
+                    }
+                }
+                layer_norm(xr, xs, L.ln1_w, L.ln1_b, eps, red);
+            } else if (kind == 2) {
+                for (int j = tid; j < C; j += NTHREADS) xr[j] = ldcg(x_mid + j);
+                __syncthreads();
+                layer_norm(xr, xs, L.ln2_w, L.ln2_b, eps, red);
+#pragma unroll
+                for (int k = 0; k < 2 * PAIRS; ++k) acc[k] = 0.f;
+            } else if (kind == 3) {
+                const float* x_last = act + (N_LAYER % 2) * C;
+                for (int j = tid; j < C; j += NTHREADS) xr[j] = ldcg(x_last + j);
+                __syncthreads();
+                layer_norm(xr, xs, lnf_w, lnf_b, eps, red);
+            }
+        }
+        __syncthreads();  // every thread's copies of piece i have landed (each waited for its own)
+
+        if (kind == 0) {  // rows lo..hi of the q, k, v product: q to global, k and v into the cache at pos
+            for (int r0 = lo + warp * ROWS; r0 < hi; r0 += NWARPS * ROWS) {
+                float y[ROWS];
+                rows_dot(slot + (size_t)(r0 - lo) * C * 2, C * 2, hi - r0, xs, y);
+                if (lane < ROWS && r0 + lane < hi) {  // lane j stores row r0 + j
+                    float yj = y[0];
+#pragma unroll
+                    for (int j = 1; j < ROWS; ++j) yj = lane == j ? y[j] : yj;
+                    const int r = r0 + lane;
+                    const float v = yj + to_f(L.qkv_b[r]);
+                    const int which = r / C, j = r % C, h = j / D;
+                    const size_t at = ((size_t)h * CACHE_LEN + pos) * D + j % D;
+                    if (which == 0) q_g[j] = v;
+                    else if (which == 1) L.cache_k[at] = from_f(v);
+                    else L.cache_v[at] = from_f(v);
+                }
+            }
+        } else if (kind == 1) {  // head's attention, times rows lo..hi of the projection's columns for that head
+            if (hi > lo) {
+                attend(q_g + head * D, L.cache_k + (size_t)head * CACHE_LEN * D,
+                       L.cache_v + (size_t)head * CACHE_LEN * D, pos, kv_first, qs, att, part, red);
+                for (int r = lo + warp; r < hi; r += NWARPS) {
+                    const u32* w = reinterpret_cast<const u32*>(slot + (size_t)(r - lo) * D * 2);
+                    float s = 0.f;
+                    for (int k = lane; k < D / 2; k += 32) s += lo16(w[k]) * att[2 * k] + hi16(w[k]) * att[2 * k + 1];
+                    s = warp_sum(s);
+                    if (lane == 0) atomicAdd(x_mid + r, s);
+                }
+            }
+        } else if (kind == 2) {  // hidden units lo..hi: GELU(LN(x) fc + b), times their columns of out
+            for (int u0 = warp * ROWS; u0 < hi - lo; u0 += NWARPS * ROWS) {
+                float h[ROWS];
+                rows_dot(slot + (size_t)u0 * 4 * C, 4 * C, hi - lo - u0, xs, h);
+                if (lane < ROWS && u0 + lane < hi - lo) {
+                    float hj = h[0];
+#pragma unroll
+                    for (int j = 1; j < ROWS; ++j) hj = lane == j ? h[j] : hj;
+                    gs[u0 + lane] = gelu_tanh(hj + to_f(L.fc_b[lo + u0 + lane]));
+                }
+            }
+            __syncthreads();
+#pragma unroll
+            for (int k = 0; k < PAIRS; ++k) {
+                const int t = tid + k * NTHREADS;
+                if (2 * t < C) {
+                    for (int u = 0; u < hi - lo; ++u) {
+                        const u32 w = reinterpret_cast<const u32*>(slot + (size_t)u * 4 * C + 2 * C)[t];
+                        acc[2 * k] += gs[u] * lo16(w);
+                        acc[2 * k + 1] += gs[u] * hi16(w);
+                    }
+                }
+            }
+        } else {  // rows lo..hi of the output layer: each warp keeps its best logit (the first row on a tie)
+            for (int r0 = lo + warp * ROWS; r0 < hi; r0 += NWARPS * ROWS) {
+                float y[ROWS];
+                rows_dot(slot + (size_t)(r0 - lo) * C * 2, C * 2, hi - r0, xs, y);
+#pragma unroll
+                for (int j = 0; j < ROWS; ++j)
+                    if (r0 + j < hi && y[j] > top) top = y[j], top_row = r0 + j;
+            }
+        }
+
+        if (flags & F_LAST) {
+            if (kind == 2) {  // add the block's part of the MLP's output (block 0 also the residual)
+                float* x_out = act + ((layer + 1) % 2) * C;
+#pragma unroll
+                for (int k = 0; k < PAIRS; ++k) {
+                    const int t = tid + k * NTHREADS;
+                    if (2 * t < C) {
+                        atomicAdd(x_out + 2 * t, acc[2 * k] + (b == 0 ? xr[2 * t] : 0.f));
+                        atomicAdd(x_out + 2 * t + 1, acc[2 * k + 1] + (b == 0 ? xr[2 * t + 1] : 0.f));
+                    }
+                }
+            }
+            if (kind != 3) {
+                arrive(counts);
+            } else {  // the block's best row, then the last block to finish picks the token among the blocks'
+                if (lane == 0) best_w[warp] = top, row_w[warp] = top_row;
+                __syncthreads();
+                if (tid == 0) {
+                    float bv = -INF;
+                    int br = 0x7fffffff;
+                    for (int w = 0; w < NWARPS; ++w)
+                        if (best_w[w] > bv || (best_w[w] == bv && row_w[w] < br)) bv = best_w[w], br = row_w[w];
+                    best[b] = bv;
+                    best[nb + b] = __int_as_float(br);
+                    __threadfence();
+                    if (atomicAdd(counts + 1, 1u) == (u32)nb - 1) {  // every block's best is written
+                        __threadfence();
+                        float tv = -INF;
+                        int tr = 0x7fffffff;
+                        for (int o = 0; o < nb; ++o) {
+                            const float v = ldcg(best + o);
+                            const int r = __float_as_int(ldcg(best + nb + o));
+                            if (v > tv || (v == tv && r < tr)) tv = v, tr = r;
+                        }
+                        out[pos + 1] = tr;
+                        *tok = tr;
+                        *pos_p = pos + 1;
+                        counts[0] = 0;  // every block has passed every wait of this token
+                        counts[1] = 0;
+                    }
+                }
+            }
+        }
+        __syncthreads();  // piece i's slot is free for piece i + SLOTS
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}

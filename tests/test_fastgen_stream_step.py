@@ -1,0 +1,175 @@
+"""helpers.fastgen's streaming decode step (one CUDA kernel launch a token, weights streamed through shared
+memory), against the eager decoder.
+
+Without a GPU, the plan (which block reads which weights, in which order, from the packed stream) runs through
+``stream_step.simulate``, the kernel's schedule in PyTorch, and the kernel's text is compiled for a Hopper GPU
+with ``nvcc`` where one is installed. On a GPU the kernel itself runs.
+"""
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import fastgen
+from helpers.fastgen import stream_step
+
+GPU = torch.cuda.is_available()
+DEV = "cuda" if GPU else "cpu"
+
+
+def _decoder(sharp_gpt2, dtype=torch.float32, length=40, n=34, device=DEV):
+    """A small GPT-2 whose caches hold ``n`` positions of a prompt."""
+    decoder = fastgen.Decoder(sharp_gpt2(n_head=2).to(device), dtype)
+    prompt = torch.randint(0, 300, (1, n), generator=torch.Generator().manual_seed(2)).to(device)
+    decoder.setup_caches(1, length)
+    decoder(prompt, decoder.arange[:n])
+    return decoder
+
+
+@pytest.mark.parametrize("blocks, slot_bytes", [(1, 1024), (3, 512), (7, 4096), (40, 2048)])
+def test_the_plan_gives_every_weight_to_one_block_once(blocks, slot_bytes, sharp_gpt2):
+    """Rebuild each matrix from the pieces: every row (every head's columns of the projection) comes back once,
+    each piece fits its slot, and each block starts and ends every stage exactly once."""
+    decoder = _decoder(sharp_gpt2, device="cpu")
+    cfg = decoder.config
+    c, head_dim = cfg.n_embd, cfg.n_embd // cfg.n_head
+    p = stream_step.plan(decoder, blocks, slot_bytes)
+    size = decoder.head.weight.element_size()
+    rebuilt = {
+        "qkv": [torch.full_like(b.qkv.weight, float("nan")) for b in decoder.blocks],
+        "attn": [torch.full_like(b.proj.weight, float("nan")) for b in decoder.blocks],
+        "mlp": [torch.full((b.fc.weight.shape[0], 2, c), float("nan")) for b in decoder.blocks],
+        "head": [torch.full_like(decoder.head.weight, float("nan"))],
+    }
+    for b in range(blocks):
+        pieces = p.pieces[b, : p.n_pieces[b]]
+        for kind in stream_step.KINDS:
+            for layer in range(1 if kind == "head" else cfg.n_layer):
+                mine = [q for q in pieces if q[0] == stream_step.KINDS.index(kind) and q[1] == layer]
+                assert mine and mine[0][6] & stream_step.FIRST and mine[-1][6] & stream_step.LAST
+                assert sum(bool(q[6] & stream_step.FIRST) for q in mine) == 1
+                assert sum(bool(q[6] & stream_step.LAST) for q in mine) == 1
+                for q in mine:
+                    w = stream_step._piece_weights(p, q, c, head_dim)
+                    assert w.numel() * size <= slot_bytes
+                    lo, hi, h = int(q[2]), int(q[3]), int(q[4])
+                    target = rebuilt[kind][layer]
+                    view = target[lo:hi, h * head_dim : (h + 1) * head_dim] if kind == "attn" else target[lo:hi]
+                    assert view.isnan().all()  # not given to another piece before
+                    view.copy_(w)
+    for layer, block in enumerate(decoder.blocks):
+        assert torch.equal(rebuilt["qkv"][layer], block.qkv.weight)
+        assert torch.equal(rebuilt["attn"][layer], block.proj.weight)
+        assert torch.equal(rebuilt["mlp"][layer][:, 0], block.fc.weight)
+        assert torch.equal(rebuilt["mlp"][layer][:, 1], block.out.weight.T)
+    assert torch.equal(rebuilt["head"][0], decoder.head.weight)
+    # each block's pieces lie one after another in the stream, blocks one after another
+    offsets = [int(q[5]) for b in range(blocks) for q in p.pieces[b, : p.n_pieces[b]]]
+    assert offsets == sorted(offsets) and offsets[0] == 0
+
+
+@pytest.mark.parametrize("blocks, slot_bytes", [(1, 1024), (3, 512), (40, 2048)])
+def test_the_plans_schedule_gives_the_eager_residual_and_token(blocks, slot_bytes, sharp_gpt2):
+    """The kernel's schedule in PyTorch (every stage's pieces, weights read from the stream) is the eager step."""
+    decoder = _decoder(sharp_gpt2, device="cpu")
+    n = 34
+    p = stream_step.plan(decoder, blocks, slot_bytes)
+    x, token = stream_step.simulate(p, decoder, 7, n)
+    ids = torch.tensor([[7]])
+    k_before = [b.cache.k.clone() for b in decoder.blocks]
+    hidden = decoder.hidden(ids, decoder.arange[n : n + 1])[0, -1]  # the eager step, same token and position
+    logits = decoder(ids, decoder.arange[n : n + 1])[0].flatten()
+    torch.testing.assert_close(x, hidden, rtol=1e-4, atol=1e-5)
+    assert token == logits.argmax().item()
+    for before, block in zip(k_before, decoder.blocks, strict=True):  # the eager step rewrote the same keys
+        torch.testing.assert_close(before, block.cache.k, rtol=1e-4, atol=1e-5)
+
+
+def test_the_step_refuses_what_it_cannot_run(sharp_gpt2):
+    decoder = _decoder(sharp_gpt2, device="cpu")
+    assert "NVIDIA GPU" in stream_step.refuse(decoder)
+    with pytest.raises(ValueError, match="NVIDIA GPU"):
+        stream_step.StreamStep(decoder, *(torch.zeros(1, dtype=torch.long),) * 3)
+    with pytest.raises(ValueError, match="use larger slots"):
+        stream_step.plan(decoder, 2, slot_bytes=16)
+    if not GPU:
+        with pytest.raises(ValueError, match="one launch a token needs a GPU"):
+            fastgen.FastGPT2(sharp_gpt2(n_head=2), kernels="stream")
+
+
+@pytest.mark.parametrize("fp16", [0, 1])
+def test_the_kernel_compiles_for_a_hopper_gpu(fp16):
+    """No GPU here: compile the kernel's text (GPT-2 124M's constants) for sm_90 with nvcc, where it is installed,
+    so a syntax or type error shows before a GPU is rented; the compiler must also keep it off the stack."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("no nvcc on this machine (the kernel is compiled by NVRTC on a GPU)")
+    consts = dict(
+        C=768, H=12, D=64, N_LAYER=12, VOCAB=50257, CACHE_LEN=160, HIDDEN=3072, NTHREADS=stream_step.NTHREADS,
+        SLOTS=stream_step.SLOTS, SLOT_BYTES=stream_step.SLOT_BYTES, FP16=fp16, WAIT_LIMIT=stream_step.WAIT_LIMIT,
+        PAIRS=2, POS_PER_THREAD=1,
+    )  # fmt: skip
+    path = f"{pytest.importorskip('tempfile').mkdtemp()}/stream_step.cu"
+    with open(path, "w") as f:
+        f.write(stream_step.source(consts))
+    done = subprocess.run(
+        [nvcc, "-cubin", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-o", path + ".cubin", path],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "0 bytes spill stores" in done.stderr and "0 bytes stack frame" in done.stderr, done.stderr
+    assert stream_step.shared_bytes(consts) <= 227 * 1024  # an H100's most per block
+
+
+gpu = pytest.mark.skipif(not GPU, reason="the streaming step is CUDA C++: it runs on an NVIDIA GPU")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("blocks", [None, 5])
+def test_one_step_gives_the_eager_residual_and_token(dtype, blocks, sharp_gpt2):
+    decoder = _decoder(sharp_gpt2, dtype)
+    n = 34
+    tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([n], device=DEV)
+    out = torch.zeros(1, 40, dtype=torch.long, device=DEV)
+    step = stream_step.StreamStep(decoder, tok, pos, out, blocks=blocks)
+    step()
+    ids = torch.tensor([[7]], device=DEV)
+    hidden = decoder.hidden(ids, decoder.arange[n : n + 1])[0, -1].float()
+    x = step.act[decoder.config.n_layer % 2]
+    torch.testing.assert_close(x, hidden, rtol=2e-2, atol=2e-2)
+    # the token: the argmax of the output layer on the kernel's residual, in fp32 as the kernel computes it (the
+    # eager step's logits are rounded to 16 bits, where close logits tie or swap)
+    ln = decoder.ln_f
+    logits = F.layer_norm(x, x.shape, ln.weight.float(), ln.bias.float(), ln.eps) @ decoder.head.weight.float().T
+    assert out[0, n + 1] == logits.argmax() and tok.item() == logits.argmax() and pos.item() == n + 1
+    assert not step.counts.any()  # every count back to 0 for the next token, no wait gave up
+    step.check()
+
+
+@gpu
+def test_the_streaming_step_generates_the_eager_decoders_tokens(sharp_gpt2):
+    model = sharp_gpt2(n_head=2).to(DEV)
+    fast = fastgen.FastGPT2(model, dtype=torch.bfloat16, kernels="stream")
+    assert fast.kernels and fast.one_launch == "stream"
+    ids = torch.randint(0, 300, (1, 10), generator=torch.Generator().manual_seed(1)).to(DEV)
+    assert torch.equal(fast.generate(ids, 12), fastgen.FastGPT2(model, dtype=torch.bfloat16).generate(ids, 12))
+
+
+@gpu
+def test_a_wait_that_cannot_fill_gives_up_and_says_so(monkeypatch, sharp_gpt2):
+    """A count that starts far below zero never reaches its target: the first wait gives up after WAIT_LIMIT polls,
+    flags it and lets the other waits pass, and check() says so (instead of a hang)."""
+    monkeypatch.setattr(stream_step, "WAIT_LIMIT", 64)
+    decoder = _decoder(sharp_gpt2, torch.bfloat16)
+    tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([0], device=DEV)
+    step = stream_step.StreamStep(decoder, tok, pos, torch.zeros(1, 40, dtype=torch.long, device=DEV))
+    step.counts[0] = -(1 << 20)
+    step()
+    assert step.counts[2] == 1
+    with pytest.raises(RuntimeError, match="a wait gave up"):
+        step.check()
+    assert not step.counts.any()
