@@ -28,6 +28,9 @@
 #ifndef ROWS
 #define ROWS 4  // rows of weights a warp multiplies at once
 #endif
+#ifndef COPY_BULK
+#define COPY_BULK 0  // 1: one bulk copy a piece (Hopper's TMA, sm_90+) instead of every thread's 16-byte copies
+#endif
 #ifndef ARRIVE_RELEASE
 #define ARRIVE_RELEASE 0  // 1: arrive with one release add instead of a fence and a relaxed add
 #endif
@@ -298,6 +301,43 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
     float* q_g = act + 3 * C;
 
     // copy piece i into its slot: every thread its share of 16-byte chunks, then one group per piece
+#if COPY_BULK
+    // one thread copies a whole piece with one bulk copy (the Tensor Memory Accelerator of Hopper and later),
+    // whose arrival completes a phase of the slot's barrier in shared memory; an empty piece completes it at once
+    __shared__ __align__(8) unsigned long long full[SLOTS];
+    if (tid == 0) {
+        for (int s = 0; s < SLOTS; ++s)
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"((u32)__cvta_generic_to_shared(full + s)));
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    auto issue = [&](int i) {
+        if (tid == 0 && i < np) {
+            const int* f = my + i * PIECE_FIELDS;
+            const int kind = f[0], n = f[3] - f[2];
+            const u32 bytes = NO_COPY ? 0u : 2u * n * (kind == 1 ? D : kind == 2 ? 2 * C : C);
+            const u32 bar = (u32)__cvta_generic_to_shared(full + i % SLOTS);
+            if (bytes) {
+                const char* src = reinterpret_cast<const char*>(stream + (size_t)(unsigned)f[5]);
+                const u32 dst = (u32)__cvta_generic_to_shared(ring + (i % SLOTS) * SLOT_BYTES);
+                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+                asm volatile(
+                    "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                    ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+            } else {
+                asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+            }
+        }
+    };
+    auto landed = [&](int i) {  // wait for piece i's phase of its slot's barrier
+        const u32 bar = (u32)__cvta_generic_to_shared(full + i % SLOTS), parity = (i / SLOTS) & 1;
+        u32 done = 0;
+        while (!done)
+            asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+                         "selp.u32 %0, 1, 0, p;\n\t}" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    };
+#else
+    // every thread copies its share of a piece in 16-byte asynchronous copies, one group per piece
     auto issue = [&](int i) {
         if (i < np && !NO_COPY) {
             const int* f = my + i * PIECE_FIELDS;
@@ -311,6 +351,10 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
         }
         asm volatile("cp.async.commit_group;" ::: "memory");
     };
+    auto landed = [&](int i) {  // this thread's copies of piece i (the block's, after the next barrier)
+        asm volatile("cp.async.wait_group %0;" ::"n"(SLOTS - 1) : "memory");
+    };
+#endif
     for (int i = 0; i < SLOTS - 1; ++i) issue(i);
 
     float acc[2 * PAIRS];  // the MLP's output columns 2 t, 2 t + 1, t = tid + k NTHREADS, summed over pieces
@@ -320,7 +364,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
 
     for (int i = 0; i < np; ++i) {
         issue(i + SLOTS - 1);
-        asm volatile("cp.async.wait_group %0;" ::"n"(SLOTS - 1) : "memory");  // this thread's copies of piece i
+        landed(i);
         const int* f = my + i * PIECE_FIELDS;
         const int kind = f[0], layer = f[1], lo = f[2], hi = f[3], head = f[4], flags = f[6];
         const unsigned char* slot = ring + (i % SLOTS) * SLOT_BYTES;
@@ -472,5 +516,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
         }
         __syncthreads();  // piece i's slot is free for piece i + SLOTS
     }
+#if !COPY_BULK
     asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
 }

@@ -108,6 +108,7 @@ def plan(decoder, blocks: int, slot_bytes: int = SLOT_BYTES) -> Plan:
         for i, (a, z) in enumerate(ranges):
             add(b, kind, layer, 0, a, z, weights[a:z], i == 0, i == len(ranges) - 1)
 
+    units = [torch.stack([b.fc.weight, b.out.weight.T], 1) for b in decoder.blocks]  # (hidden, 2, C) a layer
     for b in range(blocks):
         for layer, block in enumerate(decoder.blocks):
             add_rows(b, "qkv", layer, *_ranges(3 * c, blocks)[b], rows_most, block.qkv.weight)
@@ -119,8 +120,7 @@ def plan(decoder, blocks: int, slot_bytes: int = SLOT_BYTES) -> Plan:
                 for k, (a, z) in enumerate(ranges):
                     last = j == len(mine) - 1 and k == len(ranges) - 1
                     add(b, "attn", layer, h, a, z, proj[a:z, h * head_dim : (h + 1) * head_dim], j == k == 0, last)
-            units = torch.stack([block.fc.weight, block.out.weight.T], 1)  # (hidden, 2, C): fc's row, out's column
-            add_rows(b, "mlp", layer, *_ranges(hidden, blocks)[b], units_most, units)
+            add_rows(b, "mlp", layer, *_ranges(hidden, blocks)[b], units_most, units[layer])  # fc's row, out's column
         add_rows(b, "head", 0, *_ranges(cfg.vocab_size, blocks)[b], rows_most, decoder.head.weight)
     if offset >= 2**31:
         raise ValueError("The kernel numbers the stream's elements in 31 bits; this model is too large for it.")
