@@ -3,7 +3,7 @@
     python -m helpers.ladder                      # GPT-2 124M architecture, 32-token prompt, 128 new tokens
     python -m helpers.ladder --quick              # fewer tokens and repeats (a smoke test)
     python -m helpers.ladder --model pocket --out my-ladder.json
-    python -m helpers.ladder --persistent         # on a GPU, also the one-launch Triton steps (opt-in)
+    python -m helpers.ladder --persistent         # on a GPU, also the three one-launch steps (opt-in)
     python -m helpers.ladder --batches 8 64       # on a GPU, also the compiled and the batched step at batches 8, 64
 
 Rows: Hugging Face ``generate()`` in fp32 eager, in bf16, with a static cache (which transformers

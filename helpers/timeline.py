@@ -1,7 +1,7 @@
 """The GPU's timeline of decode steps, from ``torch.profiler``: how many kernels a token runs, and how much of a
 token's time the GPU spends running them (busy) or between them (idle).
 
-    python -m helpers.timeline                 # on a GPU: the Triton step and the two one-launch steps, a row each
+    python -m helpers.timeline                 # on a GPU: the Triton step and the three one-launch steps, a row each
     python -m helpers.timeline --record        # keep the rows in results/recorded/timeline--<device>.jsonl
 
 A decode step at batch 1 reads a few hundred MB of weights in a few tens of microseconds per layer; each kernel

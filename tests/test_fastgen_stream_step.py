@@ -8,10 +8,12 @@ with ``nvcc`` where one is installed. On a GPU the kernel itself runs.
 
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import GPT2Config
 
 from helpers import fastgen
 from helpers.fastgen import stream_step
@@ -29,11 +31,13 @@ def _decoder(sharp_gpt2, dtype=torch.float32, length=40, n=34, device=DEV):
     return decoder
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("blocks, slot_bytes", [(1, 1024), (3, 512), (7, 4096), (40, 2048)])
-def test_the_plan_gives_every_weight_to_one_block_once(blocks, slot_bytes, sharp_gpt2):
+def test_the_plan_gives_every_weight_to_one_block_once(blocks, slot_bytes, dtype, sharp_gpt2):
     """Rebuild each matrix from the pieces: every row (every head's columns of the projection) comes back once,
-    each piece fits its slot, and each block starts and ends every stage exactly once."""
-    decoder = _decoder(sharp_gpt2, device="cpu")
+    each piece fits its slot, and each block runs the stages in order, each stage's pieces one after another,
+    starting and ending it exactly once."""
+    decoder = _decoder(sharp_gpt2, dtype, device="cpu")
     cfg = decoder.config
     c, head_dim = cfg.n_embd, cfg.n_embd // cfg.n_head
     p = stream_step.plan(decoder, blocks, slot_bytes)
@@ -41,11 +45,13 @@ def test_the_plan_gives_every_weight_to_one_block_once(blocks, slot_bytes, sharp
     rebuilt = {
         "qkv": [torch.full_like(b.qkv.weight, float("nan")) for b in decoder.blocks],
         "attn": [torch.full_like(b.proj.weight, float("nan")) for b in decoder.blocks],
-        "mlp": [torch.full((b.fc.weight.shape[0], 2, c), float("nan")) for b in decoder.blocks],
+        "mlp": [torch.full((b.fc.weight.shape[0], 2, c), float("nan"), dtype=dtype) for b in decoder.blocks],
         "head": [torch.full_like(decoder.head.weight, float("nan"))],
     }
     for b in range(blocks):
         pieces = p.pieces[b, : p.n_pieces[b]]
+        stages = [3 * cfg.n_layer if q[0] == 3 else 3 * int(q[1]) + int(q[0]) for q in pieces]
+        assert stages == sorted(stages) and set(stages) == set(range(3 * cfg.n_layer + 1))  # in order, none left out
         for kind in stream_step.KINDS:
             for layer in range(1 if kind == "head" else cfg.n_layer):
                 mine = [q for q in pieces if q[0] == stream_step.KINDS.index(kind) and q[1] == layer]
@@ -53,7 +59,7 @@ def test_the_plan_gives_every_weight_to_one_block_once(blocks, slot_bytes, sharp
                 assert sum(bool(q[6] & stream_step.FIRST) for q in mine) == 1
                 assert sum(bool(q[6] & stream_step.LAST) for q in mine) == 1
                 for q in mine:
-                    w = stream_step._piece_weights(p, q, c, head_dim)
+                    w = stream_step._piece_weights(p, q, c, head_dim).to(dtype)
                     assert w.numel() * size <= slot_bytes
                     lo, hi, h = int(q[2]), int(q[3]), int(q[4])
                     target = rebuilt[kind][layer]
@@ -100,23 +106,33 @@ def test_the_step_refuses_what_it_cannot_run(sharp_gpt2):
             fastgen.FastGPT2(sharp_gpt2(n_head=2), kernels="stream")
 
 
-@pytest.mark.parametrize("fp16", [0, 1])
-def test_the_kernel_compiles_for_a_hopper_gpu(fp16):
-    """No GPU here: compile the kernel's text (GPT-2 124M's constants) for sm_90 with nvcc, where it is installed,
-    so a syntax or type error shows before a GPU is rented; the compiler must also keep it off the stack."""
+@pytest.mark.parametrize(
+    "dtype, arch, ablate",
+    [
+        (torch.bfloat16, 90, {}),
+        (torch.float16, 90, {}),
+        (torch.bfloat16, 90, {"COPY_BULK": 1}),
+        (torch.bfloat16, 80, {}),
+    ],
+)
+def test_the_kernel_compiles_for_a_hopper_gpu(dtype, arch, ablate, monkeypatch, tmp_path):
+    """No GPU here: compile the kernel's text, with the constants ``defines`` gives GPT-2 124M at 160 positions,
+    with nvcc where it is installed (for a Hopper GPU; an Ampere one without Hopper's bulk copies), so that a
+    syntax or type error shows before a GPU is rented; the compiler must also keep it off the stack."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("no nvcc on this machine (the kernel is compiled by NVRTC on a GPU)")
-    consts = dict(
-        C=768, H=12, D=64, N_LAYER=12, VOCAB=50257, CACHE_LEN=160, HIDDEN=3072, NTHREADS=stream_step.NTHREADS,
-        SLOTS=stream_step.SLOTS, SLOT_BYTES=stream_step.SLOT_BYTES, FP16=fp16, WAIT_LIMIT=stream_step.WAIT_LIMIT,
-        PAIRS=2, POS_PER_THREAD=1,
+    monkeypatch.setattr(stream_step, "ABLATE", ablate)
+    cfg = GPT2Config()  # GPT-2 124M's shape, without its weights
+    fake = SimpleNamespace(
+        config=cfg, length=160, blocks=[SimpleNamespace(fc=SimpleNamespace(weight=torch.empty(4 * cfg.n_embd, 0)))],
+        head=SimpleNamespace(weight=torch.empty(0, dtype=dtype)),
     )  # fmt: skip
-    path = f"{pytest.importorskip('tempfile').mkdtemp()}/stream_step.cu"
-    with open(path, "w") as f:
-        f.write(stream_step.source(consts))
+    consts = stream_step.defines(fake)
+    path = tmp_path / "stream_step.cu"
+    path.write_text(stream_step.source(consts))
     done = subprocess.run(
-        [nvcc, "-cubin", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-o", path + ".cubin", path],
+        [nvcc, "-cubin", f"-arch=sm_{arch}", "-std=c++17", "-Xptxas", "-v", "-o", f"{path}.cubin", str(path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -129,8 +145,12 @@ gpu = pytest.mark.skipif(not GPU, reason="the streaming step is CUDA C++: it run
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("blocks", [None, 5])
-def test_one_step_gives_the_eager_residual_and_token(dtype, blocks, sharp_gpt2):
+@pytest.mark.parametrize("blocks, slot_bytes", [(None, None), (5, None), (5, 512)])
+def test_one_step_gives_the_eager_residual_and_token(dtype, blocks, slot_bytes, monkeypatch, sharp_gpt2):
+    """One block a multiprocessor, and 5 blocks (several attention items a block); with 512-byte slots, every
+    stage of a block takes several pieces (the ring of slots turns many times in a token)."""
+    if slot_bytes:
+        monkeypatch.setattr(stream_step, "SLOT_BYTES", slot_bytes)
     decoder = _decoder(sharp_gpt2, dtype)
     n = 34
     tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([n], device=DEV)
@@ -169,7 +189,7 @@ def test_a_wait_that_cannot_fill_gives_up_and_says_so(monkeypatch, sharp_gpt2):
     step = stream_step.StreamStep(decoder, tok, pos, torch.zeros(1, 40, dtype=torch.long, device=DEV))
     step.counts[0] = -(1 << 20)
     step()
-    assert step.counts[2] == 1
+    assert step.counts.tolist() == [0, 0, 1]  # the last block reset the counts; the flag stays for check()
     with pytest.raises(RuntimeError, match="a wait gave up"):
         step.check()
-    assert not step.counts.any()
+    assert not step.counts.any()  # check() cleared the flag

@@ -24,11 +24,19 @@ through the CUDA driver. Its design:
 weights from the packed stream: the CPU tests check the plan with it, and a reader can follow the kernel's
 arithmetic in Python. A wait that does not fill (a block that could not start) gives up after ``WAIT_LIMIT``
 polls, and ``StreamStep.check`` raises, rather than the GPU hanging.
+
+Status: not yet timed by a recorded run (``python -m helpers.ladder --persistent``, ``python -m helpers.timeline``
+add its row). One throwaway run on an H200 (2026-12-07; a version before ``ROWS`` and ``COPY_BULK``, each warp
+then multiplying one row at a time): its tokens equalled the Triton step's for 128 tokens of the GPT-2 124M
+architecture, and a token took 356 us against the Triton step's 180 us in the same process, with 4 slots of
+48 KB, 3 of 64 KB or 4 of 40 KB alike. Where that time goes is not measured yet; the ablations below are for
+that. So ``FastGPT2`` uses it only when asked (``kernels="stream"``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +58,10 @@ NTHREADS = 256  # threads per block (one block per multiprocessor)
 SLOTS = 4  # pieces of the stream in shared memory at once: one computed on, SLOTS - 1 arriving
 SLOT_BYTES = 48 * 1024  # bytes of a slot, the most a piece holds
 WAIT_LIMIT = 1 << 22  # polls of the count before a block gives up (a few seconds)
-# Ablations: defines added to the kernel's text to time a variant that leaves a part out (NO_WAIT: waits pass at
-# once; NO_COPY: no weights copied; ARRIVE_RELEASE: another way to arrive). Their tokens are wrong: timing only.
+# Defines added to the kernel's text, to time a variant. Ablations leave a part out, and their tokens are wrong
+# (timing only): NO_WAIT (waits pass at once), NO_COPY (no weights copied). Variants compute the same tokens:
+# ARRIVE_RELEASE (arrive with one release add), COPY_BULK (one bulk copy a piece, Hopper's TMA, compute
+# capability 9.0 and later), ROWS (rows a warp multiplies at once, 4 by default).
 ABLATE: dict = {}
 
 
@@ -76,7 +86,7 @@ def _chunks(lo: int, hi: int, most: int) -> list[tuple[int, int]]:
     return [(a, min(a + most, hi)) for a in range(lo, hi, most)] or [(lo, lo)]
 
 
-def plan(decoder, blocks: int, slot_bytes: int = SLOT_BYTES) -> Plan:
+def plan(decoder, blocks: int, slot_bytes: int | None = None) -> Plan:
     """Cut the decoder's weights into each block's stream of pieces (see the module's docstring).
 
     Per layer, block ``b`` gets: rows ``_ranges(3C, blocks)[b]`` of the q, k, v product; attention items (a head
@@ -84,6 +94,7 @@ def plan(decoder, blocks: int, slot_bytes: int = SLOT_BYTES) -> Plan:
     ``blocks``-th item from ``b``; hidden units ``_ranges(4C, blocks)[b]`` of the MLP, each unit's row of ``fc``
     followed by its column of ``out``; and last rows ``_ranges(vocab, blocks)[b]`` of the output layer.
     """
+    slot_bytes = slot_bytes or SLOT_BYTES  # read when called, so that a changed setting counts
     cfg = decoder.config
     c, n_head = cfg.n_embd, cfg.n_head
     head_dim, hidden = c // n_head, decoder.blocks[0].fc.weight.shape[0]
@@ -161,7 +172,7 @@ def simulate(p: Plan, decoder, tok: int, pos: int) -> tuple[torch.Tensor, int]:
     def ln(x, norm):
         return F.layer_norm(x, (c,), norm.weight.float(), norm.bias.float(), norm.eps)
 
-    x = (decoder.head.weight[tok] + decoder.wpe.weight[pos]).float()  # (C,) the residual
+    x = decoder.head.weight[tok].float() + decoder.wpe.weight[pos].float()  # (C,) the residual, in fp32 as the kernel
     for layer, block in enumerate(decoder.blocks):
         xs, q = ln(x, block.ln_1), torch.zeros(c, device=device)
         cache_k, cache_v = block.cache.k[0], block.cache.v[0]  # (H, L, D) each
@@ -197,9 +208,11 @@ def simulate(p: Plan, decoder, tok: int, pos: int) -> tuple[torch.Tensor, int]:
     return x, best[1]
 
 
-def defines(decoder, nthreads: int = NTHREADS, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES) -> dict:
-    """The constants the kernel is compiled with, for this decoder's shape and dtype."""
+def defines(decoder) -> dict:
+    """The constants the kernel is compiled with, for this decoder's shape and dtype and the module's settings
+    (``NTHREADS``, ``SLOTS``, ``SLOT_BYTES``, ``WAIT_LIMIT``, ``ABLATE``, read when called)."""
     cfg = decoder.config
+    nthreads, slots, slot_bytes = NTHREADS, SLOTS, SLOT_BYTES
     c = cfg.n_embd
     return dict(
         C=c, H=cfg.n_head, D=c // cfg.n_head, N_LAYER=cfg.n_layer, VOCAB=cfg.vocab_size, CACHE_LEN=decoder.length,
@@ -240,11 +253,17 @@ def refuse(decoder) -> str | None:
             f"The streaming step copies 16 bytes at a time: width {cfg.n_embd} and head size {head_dim} must be "
             "multiples of 8."
         )
+    norms = [n for b in decoder.blocks for n in (b.ln_1, b.ln_2)] + [decoder.ln_f]
+    if len({n.eps for n in norms}) > 1:
+        return "The streaming step takes one LayerNorm epsilon for every norm (GPT-2's layer_norm_epsilon)."
+    if len({p.dtype for p in decoder.parameters()} | {w.dtype}) > 1:
+        return "The streaming step reads every weight in one 16-bit type; convert the whole model to it."
     if torch.cuda.get_device_capability(w.device) < (8, 0):
         return "The streaming step's copies (cp.async) need compute capability 8.0 (Ampere) or newer."
     return None
 
 
+@functools.cache
 def _driver():
     lib = ctypes.CDLL("libcuda.so.1")  # the CUDA driver, wherever an NVIDIA GPU runs
 
@@ -284,7 +303,7 @@ class StreamStep:
                 f"The streaming step needs {self.shared} bytes of shared memory per block; this GPU gives {limit}. "
                 "Lower stream_step.SLOTS or SLOT_BYTES, or use kernels=True."
             )
-        self.plan = plan(decoder, self.blocks)
+        self.plan = plan(decoder, self.blocks, self.consts["SLOT_BYTES"])
         self.table = torch.tensor(
             [[_tensor(block, name).data_ptr() for name in COLUMNS] for block in decoder.blocks],
             dtype=torch.int64, device=device,
@@ -305,11 +324,13 @@ class StreamStep:
         args += [ctypes.c_int(p.pieces.shape[1]), ctypes.c_float(d.ln_f.eps)]
         array = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in args])
         lib, check = _driver()
-        stream = ctypes.c_void_p(torch.cuda.current_stream(self.tok.device).cuda_stream)
-        check(
-            lib.cuLaunchKernel(self._function, self.blocks, 1, 1, NTHREADS, 1, 1, self.shared, stream, array, None),
-            "Launching the streaming step",
-        )
+        threads = self.consts["NTHREADS"]  # the count the kernel was compiled for
+        with torch.cuda.device(self.tok.device):  # the function belongs to that device's context
+            stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+            check(
+                lib.cuLaunchKernel(self._function, self.blocks, 1, 1, threads, 1, 1, self.shared, stream, array, None),
+                "Launching the streaming step",
+            )
 
     def check(self) -> None:
         """Raise if a wait gave up in the steps run so far (the tokens they made are wrong)."""
@@ -326,7 +347,8 @@ _compiled: dict = {}
 
 def _compile(consts: dict, shared: int, device: torch.device):
     """Compile the kernel with NVRTC for this GPU (once per shape), load it, and allow its shared memory."""
-    key = (tuple(consts.items()), device.index)
+    text = source(consts)
+    key = (text, device.index)  # the text itself: an edited .cu compiles again
     if key not in _compiled:
         try:
             from torch.cuda._utils import _nvrtc_compile  # PyTorch's NVRTC wrapper (PyTorch 2.8 and newer)
@@ -334,7 +356,10 @@ def _compile(consts: dict, shared: int, device: torch.device):
             raise RuntimeError("The streaming step compiles with NVRTC through PyTorch 2.8 or newer.") from err
         major, minor = torch.cuda.get_device_capability(device)
         with torch.cuda.device(device):
-            binary, _ = _nvrtc_compile(source(consts), "stream_step", f"{major}{minor}", None, ["-std=c++17"])
+            # keywords: the wrapper's arguments and its answer changed (PyTorch 2.8: the binary; 2.9 on: a pair)
+            arch = f"{major}{minor}"
+            binary = _nvrtc_compile(text, "stream_step", compute_capability=arch, nvcc_options=["-std=c++17"])
+            binary = binary[0] if isinstance(binary, tuple) else binary
             lib, check = _driver()
             torch.zeros(1, device=device)  # the device's context is current
             module, function = ctypes.c_void_p(), ctypes.c_void_p()
