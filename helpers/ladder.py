@@ -57,12 +57,15 @@ def triton_label(kind: str = "bf16") -> str:
     return f"FastGPT2, {kind}, Triton kernels, {GRAPH_STEPS} steps per CUDA graph"
 
 
-def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True, persistent: bool = False):
+def _rows(
+    hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True, persistent: bool = False, stream=True
+):
     """(label, model passed to bench.generation, factory of a generate_fn or a FastGPT2, "fast" for FastGPT2 rows).
 
     ``half`` names the GPU's half-precision format (bf16, or fp16 before compute capability 8.0);
     ``triton_step`` adds the hand-written Triton step's row (only on GPUs where it was checked), and
-    ``persistent`` after it the row of the same stages in one persistent kernel a token (``--persistent``).
+    ``persistent`` after it the rows of the same stages in one kernel a token (``--persistent``), the streaming
+    step's only where ``stream`` (its CUDA kernel needs a GPU with enough shared memory: ``stream_step.why_not``).
     """
     rows = [("generate(), fp32 eager", hf32, lambda: bench.hf_generate(hf32), None)]
     if on_gpu:
@@ -98,11 +101,8 @@ def _rows(hf32, hf16, on_gpu: bool, half: str = "bf16", triton_step: bool = True
             )
         )
         if persistent:  # the steps of one launch a token: grid barriers, tasks that wait on counts, streamed weights
-            for name, kernels in (
-                ("one persistent Triton kernel", "persistent"),
-                ("one dataflow Triton kernel", "dataflow"),
-                ("one streaming CUDA kernel", "stream"),
-            ):
+            one_launch = [("one persistent Triton kernel", "persistent"), ("one dataflow Triton kernel", "dataflow")]
+            for name, kernels in one_launch + ([("one streaming CUDA kernel", "stream")] if stream else []):
                 rows.append(
                     (
                         f"FastGPT2, {kind}, {name} a token, {GRAPH_STEPS} steps per CUDA graph",
@@ -172,7 +172,11 @@ def run(
     bw = devices.bandwidth(dev)
     records = []
     short = short_dtype(half.value)
-    rows = [(*row, 1) for row in _rows(hf32, hf16, on_gpu, half=short, triton_step=bool(step), persistent=persistent)]
+    stream_why = fastgen.stream_step.why_not(dev, hf32.config) if on_gpu and persistent else None
+    if stream_why and progress:
+        print(f"ladder: no streaming step row: {stream_why}")
+    rows = _rows(hf32, hf16, on_gpu, half=short, triton_step=bool(step), persistent=persistent, stream=not stream_why)
+    rows = [(*row, 1) for row in rows]
     if batches and not (on_gpu and step):
         print("ladder: no batch rows: the batched Triton step runs on GPUs where the Triton step was checked")
     elif batches:

@@ -138,6 +138,10 @@ def run(model_name: str = "gpt2-124m-random", tokens: int = 16, prompt_len: int 
     ids = bench.prompt_ids(tok, prompt_len, 1, dev)
     rows = []
     for label, kw in steps():
+        why = fastgen.stream_step.why_not(dev, model.config) if kw.get("kernels") == "stream" else None
+        if why:
+            print(f"{label}: not profiled: {why}")
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fast = fastgen.FastGPT2(model, **kw)

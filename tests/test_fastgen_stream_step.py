@@ -99,6 +99,7 @@ def test_the_step_refuses_what_it_cannot_run(sharp_gpt2):
     assert "NVIDIA GPU" in stream_step.refuse(decoder)
     with pytest.raises(ValueError, match="NVIDIA GPU"):
         stream_step.StreamStep(decoder, *(torch.zeros(1, dtype=torch.long),) * 3)
+    assert "NVIDIA GPU" in stream_step.why_not("cpu", decoder.config)
     with pytest.raises(ValueError, match="use larger slots"):
         stream_step.plan(decoder, 2, slot_bytes=16)
     if not GPU:

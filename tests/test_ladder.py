@@ -82,6 +82,9 @@ def test_gpu_rows_follow_the_capability(monkeypatch):
     for label, _, make, _ in rows[6:9]:
         built[label] = make()
     assert list(built.values()) == ["persistent", "dataflow", "stream"]
+    # where the streaming step's kernel cannot run (stream_step.why_not), its row is left out
+    no_stream = [label for label, *_ in ladder._rows(None, None, True, half="bf16", persistent=True, stream=False)]
+    assert no_stream == h100[:6] + one_launch[:2] + h100[6:]
     assert [
         label for label, *_ in ladder._rows(None, None, True, half="fp16", triton_step=False, persistent=True)
     ] == t4

@@ -16,9 +16,9 @@ Its files follow the order notebooks 05 and 05b teach it:
    ``dataflow_step.py``: the same stages in one launch a token of the Triton step's many small programs, each
    waiting only on a count of the stage it reads (no grid barrier, no kernel boundary).
    ``stream_step.py`` (with ``stream_step.cu``): the same stages in one CUDA C++ kernel a token, whose blocks
-   copy their share of the weights into shared memory ahead of use while they wait for each other (what
-   Triton does not express); compiled on the GPU by NVRTC. Not to be confused with ``FastGPT2.stream``, which
-   yields tokens as they are made.
+   copy their share of the weights into shared memory ahead of use while they wait for each other (a ring
+   of buffers Triton's language does not keep); compiled on the GPU by NVRTC. Not to be confused with
+   ``FastGPT2.stream``, which yields tokens as they are made.
    ``batched_step.py``: the greedy step for a batch of sequences, its products on tensor cores (``tl.dot``):
    five kernels a layer plus one (notebook 06b measures where batching stops being bound by the bytes).
 4. int8 weights by swapping the decoder's linear layers (``helpers.quant``): on a GPU ``Int8Linear``

@@ -7,8 +7,8 @@
 // ring of SLOTS pieces in shared memory with asynchronous copies (cp.async), SLOTS - 1 pieces ahead of the piece
 // it computes on. Those copies do not stop at a stage's end: while a block waits for the other blocks (a count
 // in global memory, one arrival per block per stage), its next pieces keep arriving, so the memory stays busy
-// across every wait. That is what the Triton kernels could not express: a wait on other blocks that does not
-// also stop the reads of the weights behind it.
+// across every wait. That is what the workbook's Triton kernels do not do: Triton's language keeps no ring of
+// shared-memory buffers filled ahead across stages and waits.
 //
 // Stages of one token: per layer the q, k, v product (kind 0), the attention of one head with its rows of the
 // projection (kind 1), the MLP (kind 2); then the output layer (kind 3), whose last block picks the token.

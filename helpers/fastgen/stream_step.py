@@ -1,15 +1,17 @@
 """The streaming decode step: GPT-2's whole greedy token in one CUDA kernel launch (GPU, batch 1, 16-bit weights).
 
 The two one-launch Triton steps (``persistent_step``, ``dataflow_step``) were slower than the 37-kernel Triton
-step. Both share one limit: in Triton, a program reads its weights into registers, so a program that waits for
-other programs (at a barrier or a count) holds its reads back until the wait is over, and the memory idles while
-the whole GPU waits. What a one-launch step needs is a wait that does not stop the weights behind it from
-streaming in. CUDA C++ has it: asynchronous copies (``cp.async``) into the multiprocessor's shared memory, which
-run on while the threads that issued them wait.
+step. What they bring in ahead of the work is limited: the persistent step asks the L2 cache for the next
+layer's weights, the dataflow step reads the weights of the programs already running. A program of Triton's
+language (``triton.language``) cannot keep a ring of buffers in its multiprocessor's shared memory that
+asynchronous copies fill several pieces ahead, across stages and across waits (Triton's experimental Gluon
+dialect has such copies). CUDA C++ can: copies into shared memory (``cp.async``) run on while the threads
+that issued them compute or wait.
 
 So this step is written in CUDA C++ (``stream_step.cu``), compiled when first used by NVRTC (the runtime
-compiler that comes with PyTorch's CUDA builds; no compiler install, so it runs on Colab too), and launched
-through the CUDA driver. Its design:
+compiler that comes with PyTorch's CUDA builds, 2.8 or newer: no compiler to install), and launched through
+the CUDA driver. It needs compute capability 8.0 or newer and, with the default slots, the shared memory of a
+Hopper GPU (``why_not`` says). Its design:
 
 1. **A plan, made once** (``plan``): one block per multiprocessor. Each block gets a share of every stage: rows
    of each layer's q, k, v product, one head's attention with some rows of the projection, a slice of the MLP's
@@ -263,6 +265,28 @@ def refuse(decoder) -> str | None:
     return None
 
 
+def why_not(device, config) -> str | None:
+    """Why the streaming step cannot run a model of ``config`` on ``device`` (a sentence that says what to do),
+    or None: the checks that need no weights (a CUDA GPU of compute capability 8.0 or newer, with the shared
+    memory a block needs at the current ``SLOTS`` and ``SLOT_BYTES``: a Hopper GPU at the defaults)."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.version.cuda is None:
+        return "The streaming step is CUDA C++: it needs an NVIDIA GPU and PyTorch's CUDA build."
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "The streaming step's copies (cp.async) need compute capability 8.0 (Ampere) or newer."
+    consts = dict(
+        C=config.n_embd, D=config.n_embd // config.n_head, NTHREADS=NTHREADS, SLOTS=SLOTS, SLOT_BYTES=SLOT_BYTES
+    )
+    need = shared_bytes(consts)
+    limit = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 48 * 1024)
+    if need > limit:
+        return (
+            f"The streaming step needs {need:,} bytes of shared memory a block ({SLOTS} slots of {SLOT_BYTES:,}); "
+            f"this GPU gives {limit:,}: lower stream_step.SLOTS or SLOT_BYTES, or use kernels=True."
+        )
+    return None
+
+
 @functools.cache
 def _driver():
     lib = ctypes.CDLL("libcuda.so.1")  # the CUDA driver, wherever an NVIDIA GPU runs
@@ -295,14 +319,13 @@ class StreamStep:
         device = decoder.head.weight.device
         props = torch.cuda.get_device_properties(device)
         self.blocks = blocks or props.multi_processor_count  # one block per multiprocessor: all run at once
+        why = why_not(device, decoder.config)
+        if why:
+            raise ValueError(why)
+        if SLOT_BYTES % 16:
+            raise ValueError(f"stream_step.SLOT_BYTES must be a multiple of 16 (the copies' size), not {SLOT_BYTES}.")
         self.consts = defines(decoder)
         self.shared = shared_bytes(self.consts)
-        limit = getattr(props, "shared_memory_per_block_optin", 48 * 1024)
-        if self.shared > limit:
-            raise ValueError(
-                f"The streaming step needs {self.shared} bytes of shared memory per block; this GPU gives {limit}. "
-                "Lower stream_step.SLOTS or SLOT_BYTES, or use kernels=True."
-            )
         self.plan = plan(decoder, self.blocks, self.consts["SLOT_BYTES"])
         self.table = torch.tensor(
             [[_tensor(block, name).data_ptr() for name in COLUMNS] for block in decoder.blocks],
