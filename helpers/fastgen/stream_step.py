@@ -31,7 +31,7 @@ Status: not yet timed by a recorded run (``python -m helpers.ladder --persistent
 add its row). One throwaway run on an H200 (2026-12-07; a version before ``ROWS`` and ``COPY_BULK``, each warp
 then multiplying one row at a time): its tokens equalled the Triton step's for 128 tokens of the GPT-2 124M
 architecture, and a token took 356 us against the Triton step's 180 us in the same process, with 4 slots of
-48 KB, 3 of 64 KB or 4 of 40 KB alike. Where that time goes is not measured yet; the ablations below are for
+48 KiB, 3 of 64 KiB or 4 of 40 KiB alike. Where that time goes is not measured yet; the ablations below are for
 that. So ``FastGPT2`` uses it only when asked (``kernels="stream"``).
 """
 
@@ -58,7 +58,7 @@ PIECE_FIELDS = 8  # kind, layer, lo, hi, head, offset (elements), flags, unused
 # launch configuration
 NTHREADS = 256  # threads per block (one block per multiprocessor)
 SLOTS = 4  # pieces of the stream in shared memory at once: one computed on, SLOTS - 1 arriving
-SLOT_BYTES = 48 * 1024  # bytes of a slot, the most a piece holds
+SLOT_BYTES = 48 * 1024  # bytes of a slot (48 KiB), the most a piece holds
 WAIT_LIMIT = 1 << 22  # polls of the count before a block gives up (a few seconds)
 # Defines added to the kernel's text, to time a variant. Ablations leave a part out, and their tokens are wrong
 # (timing only): NO_WAIT (waits pass at once), NO_COPY (no weights copied). Variants compute the same tokens:
@@ -381,7 +381,13 @@ def _compile(consts: dict, shared: int, device: torch.device):
         with torch.cuda.device(device):
             # keywords: the wrapper's arguments and its answer changed (PyTorch 2.8: the binary; 2.9 on: a pair)
             arch = f"{major}{minor}"
-            binary = _nvrtc_compile(text, "stream_step", compute_capability=arch, nvcc_options=["-std=c++17"])
+            try:
+                binary = _nvrtc_compile(text, "stream_step", compute_capability=arch, nvcc_options=["-std=c++17"])
+            except OSError as err:  # PyTorch's wrapper adds the CUDA toolkit's include folder, found by CUDA_HOME
+                raise RuntimeError(
+                    f"Compiling the streaming step needs the CUDA toolkit's headers, which PyTorch did not find "
+                    f"({err}). Set CUDA_HOME to the toolkit's folder (Colab has one in /usr/local/cuda), or use kernels=True."
+                ) from err
             binary = binary[0] if isinstance(binary, tuple) else binary
             lib, check = _driver()
             torch.zeros(1, device=device)  # the device's context is current
