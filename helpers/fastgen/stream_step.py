@@ -386,7 +386,8 @@ def _compile(consts: dict, shared: int, device: torch.device):
             except OSError as err:  # PyTorch's wrapper adds the CUDA toolkit's include folder, found by CUDA_HOME
                 raise RuntimeError(
                     f"Compiling the streaming step needs the CUDA toolkit's headers, which PyTorch did not find "
-                    f"({err}). Set CUDA_HOME to the toolkit's folder (Colab has one in /usr/local/cuda), or use kernels=True."
+                    f"({err}). Set CUDA_HOME to the toolkit's folder (Colab has one in /usr/local/cuda), or use "
+                    "kernels=True."
                 ) from err
             binary = binary[0] if isinstance(binary, tuple) else binary
             lib, check = _driver()
