@@ -46,6 +46,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .persistent_step import _tensor  # a block's tensor by name, checked contiguous
+
 SOURCE = Path(__file__).with_name("stream_step.cu")
 # one row of the kernel's table per layer: the addresses of the layer's small tensors and its caches
 COLUMNS = (
@@ -239,10 +241,9 @@ def shared_bytes(consts: dict) -> int:
 def refuse(decoder) -> str | None:
     """Why this step cannot run ``decoder`` (a sentence that says what to use instead), or None."""
     cfg, w = decoder.config, decoder.head.weight
-    if w.device.type != "cuda":
-        return "The streaming step is CUDA C++: it needs an NVIDIA GPU. Use kernels=True (Triton) or the compiled step."
-    if torch.version.cuda is None:
-        return "The streaming step needs PyTorch's CUDA build (for NVRTC and the CUDA driver)."
+    why = why_not(w.device, cfg)  # the GPU: CUDA, compute capability, shared memory
+    if why:
+        return why
     if w.dtype not in (torch.bfloat16, torch.float16):
         return f"The streaming step reads 16-bit weights (bf16 or fp16), not {w.dtype}; pass dtype=torch.bfloat16."
     if decoder.batch != 1 or decoder.kv_int8:
@@ -260,8 +261,6 @@ def refuse(decoder) -> str | None:
         return "The streaming step takes one LayerNorm epsilon for every norm (GPT-2's layer_norm_epsilon)."
     if len({p.dtype for p in decoder.parameters()} | {w.dtype}) > 1:
         return "The streaming step reads every weight in one 16-bit type; convert the whole model to it."
-    if torch.cuda.get_device_capability(w.device) < (8, 0):
-        return "The streaming step's copies (cp.async) need compute capability 8.0 (Ampere) or newer."
     return None
 
 
@@ -319,9 +318,6 @@ class StreamStep:
         device = decoder.head.weight.device
         props = torch.cuda.get_device_properties(device)
         self.blocks = blocks or props.multi_processor_count  # one block per multiprocessor: all run at once
-        why = why_not(device, decoder.config)
-        if why:
-            raise ValueError(why)
         if SLOT_BYTES % 16:
             raise ValueError(f"stream_step.SLOT_BYTES must be a multiple of 16 (the copies' size), not {SLOT_BYTES}.")
         self.consts = defines(decoder)
@@ -398,8 +394,3 @@ def _compile(consts: dict, shared: int, device: torch.device):
             check(lib.cuFuncSetAttribute(function, 8, shared), "Allowing its shared memory")  # 8: max dynamic bytes
         _compiled[key] = function
     return _compiled[key]
-
-
-def _tensor(block, name: str) -> torch.Tensor:
-    module, attr = name.split(".")
-    return getattr(getattr(block, module), attr)
