@@ -116,17 +116,30 @@ def token_profile(fast, ids: torch.Tensor, tokens: int = 16) -> dict:
     return summarize(decode_kernels(*profiles, tokens))
 
 
-def steps() -> list[tuple[str, dict]]:
-    """The GPU decode steps the timeline compares: (label, FastGPT2 keyword arguments)."""
+def steps(device=None, config=None) -> list[tuple[str, dict]]:
+    """The GPU decode steps the timeline compares: (label, FastGPT2 keyword arguments). Given the ``device`` and
+    the model's ``config``, only the steps that can run there: a step left out is printed with the reason
+    (the streaming step's CUDA kernel needs a GPU with enough shared memory: ``stream_step.why_not``)."""
+    from . import fastgen
     from .ladder import GRAPH_STEPS
 
     graphs = f"{GRAPH_STEPS} steps per CUDA graph"
-    return [
+    every = [
         (f"Triton step (a kernel a stage), {graphs}", dict(graph_steps=GRAPH_STEPS, kernels=True)),
         (f"persistent step (one kernel a token), {graphs}", dict(graph_steps=GRAPH_STEPS, kernels="persistent")),
         (f"dataflow step (one kernel a token), {graphs}", dict(graph_steps=GRAPH_STEPS, kernels="dataflow")),
         (f"streaming step (one CUDA kernel a token), {graphs}", dict(graph_steps=GRAPH_STEPS, kernels="stream")),
     ]
+    if device is None:
+        return every
+    kept = []
+    for label, kw in every:
+        why = fastgen.stream_step.why_not(device, config) if kw["kernels"] == "stream" else None
+        if why:
+            print(f"{label}: not profiled: {why}")
+        else:
+            kept.append((label, kw))
+    return kept
 
 
 def run(model_name: str = "gpt2-124m-random", tokens: int = 16, prompt_len: int = 32) -> list[dict]:
@@ -137,11 +150,7 @@ def run(model_name: str = "gpt2-124m-random", tokens: int = 16, prompt_len: int 
     model, tok = models.load(model_name, device=dev, dtype=torch.bfloat16, verbose=False)
     ids = bench.prompt_ids(tok, prompt_len, 1, dev)
     rows = []
-    for label, kw in steps():
-        why = fastgen.stream_step.why_not(dev, model.config) if kw.get("kernels") == "stream" else None
-        if why:
-            print(f"{label}: not profiled: {why}")
-            continue
+    for label, kw in steps(dev, model.config):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fast = fastgen.FastGPT2(model, **kw)

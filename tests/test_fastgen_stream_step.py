@@ -113,6 +113,7 @@ def test_the_step_refuses_what_it_cannot_run(sharp_gpt2):
         (torch.bfloat16, 90, {}),
         (torch.float16, 90, {}),
         (torch.bfloat16, 90, {"COPY_BULK": 1}),
+        (torch.bfloat16, 90, {"PROFILE": 1, "ARRIVE_RELEASE": 1, "COPY_FROM": 32}),
         (torch.bfloat16, 80, {}),
     ],
 )
@@ -190,7 +191,28 @@ def test_a_wait_that_cannot_fill_gives_up_and_says_so(monkeypatch, sharp_gpt2):
     step = stream_step.StreamStep(decoder, tok, pos, torch.zeros(1, 40, dtype=torch.long, device=DEV))
     step.counts[0] = -(1 << 20)
     step()
-    assert step.counts.tolist() == [0, 0, 1]  # the last block reset the counts; the flag stays for check()
+    assert step.counts.tolist() == [0, 0, 1, 0]  # the last block reset the counts; the flag stays for check()
     with pytest.raises(RuntimeError, match="a wait gave up"):
         step.check()
     assert not step.counts.any()  # check() cleared the flag
+
+
+@gpu
+def test_the_profile_gives_every_blocks_clocks_in_order(monkeypatch, sharp_gpt2):
+    """With ABLATE["PROFILE"], the same token, and every block's clocks at each stage: the wait starts, ends, then
+    the stage ends; the stages follow one another."""
+    decoder = _decoder(sharp_gpt2, torch.bfloat16)
+    steps = []
+    for ablate in ({}, {"PROFILE": 1}):
+        monkeypatch.setattr(stream_step, "ABLATE", ablate)
+        tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([5], device=DEV)
+        steps.append(stream_step.StreamStep(decoder, tok, pos, torch.zeros(1, 40, dtype=torch.long, device=DEV)))
+        steps[-1]()
+    assert torch.equal(steps[0].tok, steps[1].tok)
+    with pytest.raises(ValueError, match="PROFILE"):
+        steps[0].profile()
+    prof = steps[1].profile()
+    stages = 3 * decoder.config.n_layer + 1
+    assert prof["end"].shape == (steps[1].blocks, stages)
+    assert (prof["wait_from"] <= prof["wait_to"]).all() and (prof["wait_to"] <= prof["end"]).all()
+    assert (prof["end"][:, :-1] <= prof["wait_from"][:, 1:]).all() and (prof["end"][:, -1] <= prof["finish"]).all()

@@ -31,6 +31,12 @@
 #ifndef COPY_BULK
 #define COPY_BULK 0  // 1: one bulk copy a piece (Hopper's TMA, sm_90+) instead of every thread's 16-byte copies
 #endif
+#ifndef COPY_FROM
+#define COPY_FROM 0  // the first thread that copies (32: warp 0, which arrives and waits, issues no copies)
+#endif
+#ifndef PROFILE
+#define PROFILE 0  // 1: each block writes its clock at every stage's wait and end into counts (stream_step.profile)
+#endif
 #ifndef ARRIVE_RELEASE
 #define ARRIVE_RELEASE 0  // 1: arrive with one release add instead of a fence and a relaxed add
 #endif
@@ -299,6 +305,19 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
     const int pos = (int)*pos_p;  // stays until the last block of the output layer advances it
     float* x_mid = act + 2 * C;
     float* q_g = act + 3 * C;
+#if PROFILE  // per stage: clock at the wait's start, its end, the stage's end, and cycles waiting for copies
+    u32* prof = counts + 4 + (size_t)b * 4 * (3 * N_LAYER + 2);
+    const long long t0 = clock64();
+    if (tid == 0) {
+        unsigned long long g;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g));
+        prof[4 * (3 * N_LAYER + 1) + 1] = (u32)g;  // the block's start in ns, to line blocks up
+        for (int k = 0; k < 4 * (3 * N_LAYER + 1); ++k) prof[k] = 0;
+    }
+#define MARK(k) if (tid == 0) prof[k] = (u32)(clock64() - t0)
+#else
+#define MARK(k)
+#endif
 
     // copy piece i into its slot: every thread its share of 16-byte chunks, then one group per piece
 #if COPY_BULK
@@ -345,7 +364,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
             const int elems = n * (kind == 1 ? D : kind == 2 ? 2 * C : C);
             const char* src = reinterpret_cast<const char*>(stream + (size_t)(unsigned)f[5]);
             const u32 dst = (u32)__cvta_generic_to_shared(ring + (i % SLOTS) * SLOT_BYTES);
-            for (int c = tid; c < elems / 8; c += NTHREADS)
+            for (int c = tid - COPY_FROM; c >= 0 && c < elems / 8; c += NTHREADS - COPY_FROM)
                 asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst + 16 * c), "l"(src + 16 * c)
                              : "memory");
         }
@@ -364,11 +383,17 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
 
     for (int i = 0; i < np; ++i) {
         issue(i + SLOTS - 1);
-        landed(i);
         const int* f = my + i * PIECE_FIELDS;
         const int kind = f[0], layer = f[1], lo = f[2], hi = f[3], head = f[4], flags = f[6];
-        const unsigned char* slot = ring + (i % SLOTS) * SLOT_BYTES;
         const int stage = kind == 3 ? 3 * N_LAYER : 3 * layer + kind;
+#if PROFILE
+        const long long c0 = clock64();
+#endif
+        landed(i);
+#if PROFILE
+        if (tid == 0) prof[4 * stage + 3] += (u32)(clock64() - c0);
+#endif
+        const unsigned char* slot = ring + (i % SLOTS) * SLOT_BYTES;
         const Layer L = layer_at(table, kind == 3 ? 0 : layer);
         if (kind == 1 && hi > lo && tid < pos) {  // keys and values cached by earlier tokens: read before waiting
             const uint4* ck = reinterpret_cast<const uint4*>(L.cache_k + ((size_t)head * CACHE_LEN + tid) * D);
@@ -380,7 +405,9 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
             }
         }
         if (flags & F_FIRST) {
+            MARK(4 * stage);
             if (stage > 0) wait_count(counts, (u32)stage * nb);
+            MARK(4 * stage + 1);
             if (kind == 0) {  // the layer's input: the token's embedding (layer 0) or the residual
                 const float* x_in = act + (layer % 2) * C;
                 for (int j = tid; j < C; j += NTHREADS)
@@ -514,8 +541,10 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
                 }
             }
         }
+        if (flags & F_LAST) MARK(4 * stage + 2);
         __syncthreads();  // piece i's slot is free for piece i + SLOTS
     }
+    MARK(4 * (3 * N_LAYER + 1));
 #if !COPY_BULK
     asm volatile("cp.async.wait_all;" ::: "memory");
 #endif

@@ -65,7 +65,9 @@ WAIT_LIMIT = 1 << 22  # polls of the count before a block gives up (a few second
 # Defines added to the kernel's text, to time a variant. Ablations leave a part out, and their tokens are wrong
 # (timing only): NO_WAIT (waits pass at once), NO_COPY (no weights copied). Variants compute the same tokens:
 # ARRIVE_RELEASE (arrive with one release add), COPY_BULK (one bulk copy a piece, Hopper's TMA, compute
-# capability 9.0 and later), ROWS (rows a warp multiplies at once, 4 by default).
+# capability 9.0 and later), ROWS (rows a warp multiplies at once, 4 by default), COPY_FROM (32: warp 0, which
+# arrives and waits, issues no copies, so its fence has none of its own to wait for). PROFILE: every block writes its
+# clock at each stage's wait and end (``StreamStep.profile``).
 ABLATE: dict = {}
 
 
@@ -330,31 +332,49 @@ class StreamStep:
         c = decoder.config.n_embd
         self.act = torch.zeros(4, c, device=device)  # the residual in turn (2 rows), after attention, q
         self.best = torch.zeros(2, self.blocks, device=device)  # each block's best logit and row (bits)
-        self.counts = torch.zeros(3, dtype=torch.int32, device=device)  # arrivals, blocks done, gave up
+        # arrivals, blocks done, gave up, unused; with ABLATE["PROFILE"], each block's clocks after them
+        marks = self.blocks * 4 * (3 * decoder.config.n_layer + 2) if self.consts.get("PROFILE") else 0
+        self.counts = torch.zeros(4 + marks, dtype=torch.int32, device=device)
         self._function = _compile(self.consts, self.shared, device)
 
-    def __call__(self) -> None:
-        d, p = self.decoder, self.plan
+        # the kernel's arguments, made once: the tensors stay where they are for the step's life
+        d, p = decoder, self.plan
         pointers = [
             p.stream, p.pieces, p.n_pieces, self.table, d.head.weight, d.wpe.weight, d.ln_f.weight, d.ln_f.bias,
-            self.act, self.best, self.counts, self.tok, self.pos, self.out,
+            self.act, self.best, self.counts, tok, pos, out,
         ]  # fmt: skip
-        args = [ctypes.c_void_p(t.data_ptr()) for t in pointers]
-        args += [ctypes.c_int(p.pieces.shape[1]), ctypes.c_float(d.ln_f.eps)]
-        array = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in args])
+        self._args = [ctypes.c_void_p(t.data_ptr()) for t in pointers]
+        self._args += [ctypes.c_int(p.pieces.shape[1]), ctypes.c_float(d.ln_f.eps)]
+        self._array = (ctypes.c_void_p * len(self._args))(
+            *[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in self._args]
+        )
+
+    def __call__(self) -> None:
         lib, check = _driver()
         threads = self.consts["NTHREADS"]  # the count the kernel was compiled for
         with torch.cuda.device(self.tok.device):  # the function belongs to that device's context
             stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-            check(
-                lib.cuLaunchKernel(self._function, self.blocks, 1, 1, threads, 1, 1, self.shared, stream, array, None),
-                "Launching the streaming step",
+            launch = lib.cuLaunchKernel(
+                self._function, self.blocks, 1, 1, threads, 1, 1, self.shared, stream, self._array, None
             )
+            check(launch, "Launching the streaming step")
+
+    def profile(self) -> dict:
+        """The clocks of the last step, made with ``ABLATE["PROFILE"] = 1``: per block (rows) and stage (columns:
+        3 a layer, then the output layer), the cycles from the block's start to its wait's start (``wait_from``),
+        to the wait's end (``wait_to``), to the stage's end (``end``), and the cycles it waited for copies
+        (``copy``); ``finish``, each block's last cycle, and ``start_ns``, its start on the GPU's clock."""
+        if not self.consts.get("PROFILE"):
+            raise ValueError('Make the step with stream_step.ABLATE["PROFILE"] = 1 to read its clocks.')
+        stages = 3 * self.decoder.config.n_layer + 1
+        marks = self.counts[4:].view(self.blocks, stages + 1, 4).to(torch.int64).cpu() & 0xFFFFFFFF
+        fields = {name: marks[:, :stages, k] for k, name in enumerate(("wait_from", "wait_to", "end", "copy"))}
+        return fields | {"finish": marks[:, stages, 0], "start_ns": marks[:, stages, 1]}
 
     def check(self) -> None:
         """Raise if a wait gave up in the steps run so far (the tokens they made are wrong)."""
         if self.counts[2].item():
-            self.counts.zero_()
+            self.counts[:3].zero_()
             raise RuntimeError(
                 "The streaming step's blocks did not all run at once: a wait gave up and the tokens are wrong. "
                 "Another program may hold part of the GPU; use kernels=True (one kernel per stage) instead."
