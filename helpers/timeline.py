@@ -10,7 +10,9 @@ kernel's programs starting). The profiler sees every kernel's start and end on t
 time splits into busy (some kernel running) and idle (none). Notebook 05 draws one token of each step.
 
 ``token_profile`` times a ``FastGPT2``'s greedy decoding: it profiles generating 2 tokens and ``2 + tokens``
-tokens, and a step's kernels are those the longer generation runs more often (``decode_kernels``).
+tokens, and a step's kernels are those the longer generation runs more often (``decode_kernels``). A one-kernel
+token is all busy to the profiler; the streaming step's row adds its blocks' own clocks (``stream_clocks``): the
+share of the token they spend waiting for each other, computing, arriving.
 """
 
 from __future__ import annotations
@@ -116,6 +118,26 @@ def token_profile(fast, ids: torch.Tensor, tokens: int = 16) -> dict:
     return summarize(decode_kernels(*profiles, tokens))
 
 
+def stream_clocks(model, ids: torch.Tensor, tokens: int = 16) -> dict:
+    """The streaming step's own clocks (``stream_step.clock_shares``) for the last of ``2 + tokens`` greedy
+    tokens of ``model`` (bf16 on a GPU), from a step compiled with its ``PROFILE`` switch."""
+    from . import fastgen
+    from .fastgen import stream_step
+    from .ladder import GRAPH_STEPS
+
+    saved = stream_step.ABLATE
+    stream_step.ABLATE = saved | {"PROFILE": 1}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fast = fastgen.FastGPT2(model, graph_steps=GRAPH_STEPS, kernels="stream")
+        fast.generate(ids, 2 + tokens)
+        torch.cuda.synchronize()
+        return stream_step.clock_shares(fast._greedy.profile())
+    finally:
+        stream_step.ABLATE = saved
+
+
 def steps(device=None, config=None) -> list[tuple[str, dict]]:
     """The GPU decode steps the timeline compares: (label, FastGPT2 keyword arguments). Given the ``device`` and
     the model's ``config``, only the steps that can run there: a step left out is printed with the reason
@@ -156,9 +178,11 @@ def run(model_name: str = "gpt2-124m-random", tokens: int = 16, prompt_len: int 
             fast = fastgen.FastGPT2(model, **kw)
         row = {"label": label, "model": model_name, "n_layer": model.config.n_layer, "dtype": "bf16"}
         row |= token_profile(fast, ids, tokens)
+        del fast
+        if kw["kernels"] == "stream":
+            row["stream_clock"] = stream_clocks(model, ids, tokens)
         row |= {"device": "cuda", "device_name": devices.name(dev), "torch": torch.__version__}
         rows.append(row)
-        del fast
     return rows
 
 

@@ -6,6 +6,7 @@ Without a GPU, the plan (which block reads which weights, in which order, from t
 with ``nvcc`` where one is installed. On a GPU the kernel itself runs.
 """
 
+import itertools
 import shutil
 import subprocess
 from types import SimpleNamespace
@@ -148,11 +149,15 @@ gpu = pytest.mark.skipif(not GPU, reason="the streaming step is CUDA C++: it run
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("blocks, slot_bytes", [(None, None), (5, None), (5, 512)])
-def test_one_step_gives_the_eager_residual_and_token(dtype, blocks, slot_bytes, monkeypatch, sharp_gpt2):
+@pytest.mark.parametrize("bulk", [None, 0])
+def test_one_step_gives_the_eager_residual_and_token(dtype, blocks, slot_bytes, bulk, monkeypatch, sharp_gpt2):
     """One block a multiprocessor, and 5 blocks (several attention items a block); with 512-byte slots, every
-    stage of a block takes several pieces (the ring of slots turns many times in a token)."""
+    stage of a block takes several pieces (the ring of slots turns many times in a token). The copies of the
+    GPU's default, and every thread's cp.async copies (the default before Hopper)."""
     if slot_bytes:
         monkeypatch.setattr(stream_step, "SLOT_BYTES", slot_bytes)
+    if bulk is not None:
+        monkeypatch.setattr(stream_step, "ABLATE", {"COPY_BULK": bulk})
     decoder = _decoder(sharp_gpt2, dtype)
     n = 34
     tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([n], device=DEV)
@@ -214,5 +219,23 @@ def test_the_profile_gives_every_blocks_clocks_in_order(monkeypatch, sharp_gpt2)
     prof = steps[1].profile()
     stages = 3 * decoder.config.n_layer + 1
     assert prof["end"].shape == (steps[1].blocks, stages)
-    assert (prof["wait_from"] <= prof["wait_to"]).all() and (prof["wait_to"] <= prof["end"]).all()
+    order = [prof[name] for name in ("wait_from", "wait_to", "ready", "computed", "end")]
+    assert all((a <= b).all() for a, b in itertools.pairwise(order))
     assert (prof["end"][:, :-1] <= prof["wait_from"][:, 1:]).all() and (prof["end"][:, -1] <= prof["finish"]).all()
+    shares = stream_step.clock_shares(prof)
+    assert set(shares) == set(stream_step.CLOCK_PARTS) and abs(sum(shares.values()) - 1) < 0.05
+
+
+def test_clock_shares_splits_each_blocks_token_into_its_parts():
+    """Two blocks, two stages, clocks made up: each part's share is the mean over blocks of its cycles over the
+    token's (the block's finish)."""
+    t = lambda rows: torch.tensor(rows)  # noqa: E731
+    prof = {
+        "wait_from": t([[0, 40], [0, 50]]), "wait_to": t([[0, 50], [0, 60]]), "ready": t([[10, 60], [10, 70]]),
+        "computed": t([[30, 80], [30, 90]]), "end": t([[40, 90], [40, 100]]), "finish": t([100, 110]),
+    }  # fmt: skip
+    shares = stream_step.clock_shares(prof)
+    # block 0: wait 10, setup 20, compute 40, arrive 20, between 0 + 0 (first wait at 0), then 10 at the finish
+    assert shares["wait"] == pytest.approx((10 / 100 + 10 / 110) / 2)
+    assert shares["compute"] == pytest.approx((40 / 100 + 40 / 110) / 2)
+    assert sum(shares.values()) == pytest.approx(1)

@@ -168,15 +168,30 @@ __device__ __forceinline__ void rows_dot(const unsigned char* w, int stride, int
 }
 
 // LayerNorm of x (C fp32 in shared memory) into y (shared memory), with 16-bit gamma and beta in global memory.
-__device__ void layer_norm(const float* x, float* y, const half_t* gamma, const half_t* beta, float eps, float* red) {
+// Each thread holds elements j = tid + k NTHREADS (k < CPT) of gamma and beta in g and be, loaded before the wait.
+#define CPT ((C + NTHREADS - 1) / NTHREADS)
+__device__ void layer_norm(const float* x, float* y, const float* g, const float* be, float eps, float* red) {
     float s = 0.f;
     for (int j = threadIdx.x; j < C; j += NTHREADS) s += x[j];
     const float mean = block_sum(s, red) / C;
     s = 0.f;
     for (int j = threadIdx.x; j < C; j += NTHREADS) s += (x[j] - mean) * (x[j] - mean);
     const float inv = rsqrtf(block_sum(s, red) / C + eps);
-    for (int j = threadIdx.x; j < C; j += NTHREADS) y[j] = (x[j] - mean) * inv * to_f(gamma[j]) + to_f(beta[j]);
+#pragma unroll
+    for (int k = 0; k < CPT; ++k) {
+        const int j = threadIdx.x + k * NTHREADS;
+        if (j < C) y[j] = (x[j] - mean) * inv * g[k] + be[k];
+    }
     __syncthreads();
+}
+// gamma and beta's elements of this thread (see layer_norm), read from global memory
+__device__ __forceinline__ void load_norm(const half_t* gamma, const half_t* beta, float* g, float* be) {
+#pragma unroll
+    for (int k = 0; k < CPT; ++k) {
+        const int j = threadIdx.x + k * NTHREADS;
+        g[k] = j < C ? to_f(gamma[j]) : 0.f;
+        be[k] = j < C ? to_f(beta[j]) : 0.f;
+    }
 }
 
 __device__ __forceinline__ float gelu_tanh(float h) {  // GPT-2's tanh GELU
@@ -303,16 +318,18 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
     const int* my = pieces + (size_t)b * max_pieces * PIECE_FIELDS;
     const int np = n_pieces[b];
     const int pos = (int)*pos_p;  // stays until the last block of the output layer advances it
+    const long long token = *tok;  // likewise
     float* x_mid = act + 2 * C;
     float* q_g = act + 3 * C;
-#if PROFILE  // per stage: clock at the wait's start, its end, the stage's end, and cycles waiting for copies
-    u32* prof = counts + 4 + (size_t)b * 4 * (3 * N_LAYER + 2);
+#if PROFILE  // per stage (8 words): clock at the wait's start, its end, the stage set up (its input read and
+    // normed), its pieces computed, its end (arrived), and cycles waiting for copies
+    u32* prof = counts + 4 + (size_t)b * 8 * (3 * N_LAYER + 2);
     const long long t0 = clock64();
     if (tid == 0) {
         unsigned long long g;
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g));
-        prof[4 * (3 * N_LAYER + 1) + 1] = (u32)g;  // the block's start in ns, to line blocks up
-        for (int k = 0; k < 4 * (3 * N_LAYER + 1); ++k) prof[k] = 0;
+        prof[8 * (3 * N_LAYER + 1) + 1] = (u32)g;  // the block's start in ns, to line blocks up
+        for (int k = 0; k < 8 * (3 * N_LAYER + 1); ++k) prof[k] = 0;
     }
 #define MARK(k) if (tid == 0) prof[k] = (u32)(clock64() - t0)
 #else
@@ -391,7 +408,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
 #endif
         landed(i);
 #if PROFILE
-        if (tid == 0) prof[4 * stage + 3] += (u32)(clock64() - c0);
+        if (tid == 0) prof[8 * stage + 5] += (u32)(clock64() - c0);
 #endif
         const unsigned char* slot = ring + (i % SLOTS) * SLOT_BYTES;
         const Layer L = layer_at(table, kind == 3 ? 0 : layer);
@@ -405,47 +422,63 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
             }
         }
         if (flags & F_FIRST) {
-            MARK(4 * stage);
-            if (stage > 0) wait_count(counts, (u32)stage * nb);
-            MARK(4 * stage + 1);
-            if (kind == 0) {  // the layer's input: the token's embedding (layer 0) or the residual
-                const float* x_in = act + (layer % 2) * C;
-                for (int j = tid; j < C; j += NTHREADS)
-                    xr[j] = layer == 0 ? to_f(wte[(size_t)*tok * C + j]) + to_f(wpe[(size_t)pos * C + j]) : ldcg(x_in + j);
-                __syncthreads();
-                if (b == 0) {  // start the sums this layer's later stages add into
-                    float* x_out = act + ((layer + 1) % 2) * C;
-                    for (int j = tid; j < C; j += NTHREADS) {
-                        x_mid[j] = xr[j] + to_f(L.proj_b[j]);
-                        x_out[j] = to_f(L.out_b[j]);
-                    }
+            // What no other block writes is read before the wait, so that its latency passes while waiting: the
+            // norm's gamma and beta, the token's embedding, the biases block 0 starts the layer's sums with. Each
+            // thread reads and writes its own elements j = tid + k NTHREADS (as layer_norm does).
+            float g[CPT], be[CPT], e[CPT], pb[CPT], ob[CPT];
+            if (kind != 1) {
+                load_norm(kind == 0 ? L.ln1_w : kind == 2 ? L.ln2_w : lnf_w,
+                          kind == 0 ? L.ln1_b : kind == 2 ? L.ln2_b : lnf_b, g, be);
+            }
+            if (kind == 0) {
+#pragma unroll
+                for (int k = 0; k < CPT; ++k) {
+                    const int j = tid + k * NTHREADS;
+                    e[k] = j < C && layer == 0 ? to_f(wte[(size_t)token * C + j]) + to_f(wpe[(size_t)pos * C + j]) : 0.f;
+                    pb[k] = j < C && b == 0 ? to_f(L.proj_b[j]) : 0.f;
+                    ob[k] = j < C && b == 0 ? to_f(L.out_b[j]) : 0.f;
                 }
-                layer_norm(xr, xs, L.ln1_w, L.ln1_b, eps, red);
-            } else if (kind == 2) {
-                for (int j = tid; j < C; j += NTHREADS) xr[j] = ldcg(x_mid + j);
-                __syncthreads();
-                layer_norm(xr, xs, L.ln2_w, L.ln2_b, eps, red);
+            }
+            MARK(8 * stage);
+            if (stage > 0) wait_count(counts, (u32)stage * nb);
+            MARK(8 * stage + 1);
+            // the stage's input (C fp32 in xr), then its norm (xs)
+            const float* x_in = kind == 0 ? act + (layer % 2) * C : kind == 2 ? x_mid : act + (N_LAYER % 2) * C;
+            if (kind != 1) {
+#pragma unroll
+                for (int k = 0; k < CPT; ++k) {
+                    const int j = tid + k * NTHREADS;
+                    if (j < C) xr[j] = kind == 0 && layer == 0 ? e[k] : ldcg(x_in + j);
+                }
+            }
+            if (kind == 0 && b == 0) {  // start the sums this layer's later stages add into
+                float* x_out = act + ((layer + 1) % 2) * C;
+#pragma unroll
+                for (int k = 0; k < CPT; ++k) {
+                    const int j = tid + k * NTHREADS;
+                    if (j < C) x_mid[j] = xr[j] + pb[k], x_out[j] = ob[k];
+                }
+            }
+            if (kind != 1) layer_norm(xr, xs, g, be, eps, red);
+            if (kind == 2) {
 #pragma unroll
                 for (int k = 0; k < 2 * PAIRS; ++k) acc[k] = 0.f;
-            } else if (kind == 3) {
-                const float* x_last = act + (N_LAYER % 2) * C;
-                for (int j = tid; j < C; j += NTHREADS) xr[j] = ldcg(x_last + j);
-                __syncthreads();
-                layer_norm(xr, xs, lnf_w, lnf_b, eps, red);
             }
+            MARK(8 * stage + 2);
         }
         __syncthreads();  // every thread's copies of piece i have landed (each waited for its own)
 
         if (kind == 0) {  // rows lo..hi of the q, k, v product: q to global, k and v into the cache at pos
             for (int r0 = lo + warp * ROWS; r0 < hi; r0 += NWARPS * ROWS) {
                 float y[ROWS];
+                const float bias = lane < ROWS && r0 + lane < hi ? to_f(L.qkv_b[r0 + lane]) : 0.f;  // read first
                 rows_dot(slot + (size_t)(r0 - lo) * C * 2, C * 2, hi - r0, xs, y);
                 if (lane < ROWS && r0 + lane < hi) {  // lane j stores row r0 + j
                     float yj = y[0];
 #pragma unroll
                     for (int j = 1; j < ROWS; ++j) yj = lane == j ? y[j] : yj;
                     const int r = r0 + lane;
-                    const float v = yj + to_f(L.qkv_b[r]);
+                    const float v = yj + bias;
                     const int which = r / C, j = r % C, h = j / D;
                     const size_t at = ((size_t)h * CACHE_LEN + pos) * D + j % D;
                     if (which == 0) q_g[j] = v;
@@ -468,12 +501,13 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
         } else if (kind == 2) {  // hidden units lo..hi: GELU(LN(x) fc + b), times their columns of out
             for (int u0 = warp * ROWS; u0 < hi - lo; u0 += NWARPS * ROWS) {
                 float h[ROWS];
+                const float bias = lane < ROWS && u0 + lane < hi - lo ? to_f(L.fc_b[lo + u0 + lane]) : 0.f;
                 rows_dot(slot + (size_t)u0 * 4 * C, 4 * C, hi - lo - u0, xs, h);
                 if (lane < ROWS && u0 + lane < hi - lo) {
                     float hj = h[0];
 #pragma unroll
                     for (int j = 1; j < ROWS; ++j) hj = lane == j ? h[j] : hj;
-                    gs[u0 + lane] = gelu_tanh(hj + to_f(L.fc_b[lo + u0 + lane]));
+                    gs[u0 + lane] = gelu_tanh(hj + bias);
                 }
             }
             __syncthreads();
@@ -499,6 +533,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
         }
 
         if (flags & F_LAST) {
+            MARK(8 * stage + 3);
             if (kind == 2) {  // add the block's part of the MLP's output (block 0 also the residual)
                 float* x_out = act + ((layer + 1) % 2) * C;
 #pragma unroll
@@ -541,10 +576,10 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
                 }
             }
         }
-        if (flags & F_LAST) MARK(4 * stage + 2);
+        if (flags & F_LAST) MARK(8 * stage + 4);
         __syncthreads();  // piece i's slot is free for piece i + SLOTS
     }
-    MARK(4 * (3 * N_LAYER + 1));
+    MARK(8 * (3 * N_LAYER + 1));
 #if !COPY_BULK
     asm volatile("cp.async.wait_all;" ::: "memory");
 #endif

@@ -64,10 +64,11 @@ SLOT_BYTES = 48 * 1024  # bytes of a slot (48 KiB), the most a piece holds
 WAIT_LIMIT = 1 << 22  # polls of the count before a block gives up (a few seconds)
 # Defines added to the kernel's text, to time a variant. Ablations leave a part out, and their tokens are wrong
 # (timing only): NO_WAIT (waits pass at once), NO_COPY (no weights copied). Variants compute the same tokens:
-# ARRIVE_RELEASE (arrive with one release add), COPY_BULK (one bulk copy a piece, Hopper's TMA, compute
-# capability 9.0 and later), ROWS (rows a warp multiplies at once, 4 by default), COPY_FROM (32: warp 0, which
-# arrives and waits, issues no copies, so its fence has none of its own to wait for). PROFILE: every block writes its
-# clock at each stage's wait and end (``StreamStep.profile``).
+# ARRIVE_RELEASE (arrive with one release add), COPY_BULK (1: one bulk copy a piece by one thread, Hopper's TMA,
+# the default on compute capability 9.0 and later; 0: every thread's share in 16-byte cp.async copies, the default
+# before), ROWS (rows a warp multiplies at once, 4 by default), COPY_FROM (with COPY_BULK 0; 32: warp 0, which
+# arrives and waits, issues no copies, so its fence has none of its own to wait for). PROFILE: every block writes
+# its clock at each stage's wait and end (``StreamStep.profile``).
 ABLATE: dict = {}
 
 
@@ -220,11 +221,13 @@ def defines(decoder) -> dict:
     cfg = decoder.config
     nthreads, slots, slot_bytes = NTHREADS, SLOTS, SLOT_BYTES
     c = cfg.n_embd
+    device = decoder.head.weight.device
+    bulk = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)  # Hopper's bulk copies
     return dict(
         C=c, H=cfg.n_head, D=c // cfg.n_head, N_LAYER=cfg.n_layer, VOCAB=cfg.vocab_size, CACHE_LEN=decoder.length,
         HIDDEN=decoder.blocks[0].fc.weight.shape[0], NTHREADS=nthreads, SLOTS=slots, SLOT_BYTES=slot_bytes,
         FP16=int(decoder.head.weight.dtype == torch.float16), WAIT_LIMIT=WAIT_LIMIT,
-        PAIRS=math.ceil(c / (2 * nthreads)), POS_PER_THREAD=math.ceil(decoder.length / nthreads),
+        PAIRS=math.ceil(c / (2 * nthreads)), POS_PER_THREAD=math.ceil(decoder.length / nthreads), COPY_BULK=int(bulk),
     ) | ABLATE  # fmt: skip
 
 
@@ -288,6 +291,33 @@ def why_not(device, config) -> str | None:
     return None
 
 
+CLOCK_PARTS = {
+    "wait": "waiting at the count for the other blocks",
+    "setup": "reading the stage's input and norming it",
+    "compute": "multiplying its pieces (and waiting for their copies)",
+    "arrive": "adding its sums and arriving",
+    "between": "between stages (the next pieces' copies, the cached keys and values)",
+}
+
+
+def clock_shares(prof: dict) -> dict:
+    """Each part of ``CLOCK_PARTS``: its share of a block's token (from the block's start to its finish), the
+    mean over blocks, from ``StreamStep.profile``'s clocks. The parts add up to the whole token."""
+    f = {k: v.double() for k, v in prof.items()}
+    between = f["wait_from"].clone()  # (blocks, stages): from the last stage's end to this stage's wait
+    between[:, 1:] -= f["end"][:, :-1]
+    cycles = {
+        "wait": f["wait_to"] - f["wait_from"],
+        "setup": f["ready"] - f["wait_to"],
+        "compute": f["computed"] - f["ready"],
+        "arrive": f["end"] - f["computed"],
+        "between": between,
+    }
+    shares = {k: (v.sum(1) / f["finish"]) for k, v in cycles.items()}  # (blocks,) each
+    shares["between"] += (f["finish"] - f["end"][:, -1]) / f["finish"]  # after the last stage
+    return {k: v.mean().item() for k, v in shares.items()}
+
+
 @functools.cache
 def _driver():
     lib = ctypes.CDLL("libcuda.so.1")  # the CUDA driver, wherever an NVIDIA GPU runs
@@ -333,7 +363,7 @@ class StreamStep:
         self.act = torch.zeros(4, c, device=device)  # the residual in turn (2 rows), after attention, q
         self.best = torch.zeros(2, self.blocks, device=device)  # each block's best logit and row (bits)
         # arrivals, blocks done, gave up, unused; with ABLATE["PROFILE"], each block's clocks after them
-        marks = self.blocks * 4 * (3 * decoder.config.n_layer + 2) if self.consts.get("PROFILE") else 0
+        marks = self.blocks * 8 * (3 * decoder.config.n_layer + 2) if self.consts.get("PROFILE") else 0
         self.counts = torch.zeros(4 + marks, dtype=torch.int32, device=device)
         self._function = _compile(self.consts, self.shared, device)
 
@@ -361,14 +391,17 @@ class StreamStep:
 
     def profile(self) -> dict:
         """The clocks of the last step, made with ``ABLATE["PROFILE"] = 1``: per block (rows) and stage (columns:
-        3 a layer, then the output layer), the cycles from the block's start to its wait's start (``wait_from``),
-        to the wait's end (``wait_to``), to the stage's end (``end``), and the cycles it waited for copies
-        (``copy``); ``finish``, each block's last cycle, and ``start_ns``, its start on the GPU's clock."""
+        3 a layer, then the output layer), the block's clock cycles from its start to its wait's start
+        (``wait_from``), to the wait's end (``wait_to``), to the stage set up (``ready``: its input read and
+        normed), to its pieces computed (``computed``), to its end (``end``: arrived), and the cycles it waited
+        for copies (``copy``, thread 0's share); ``finish``, each block's last cycle, and ``start_ns``, its start
+        on the GPU's clock (ns)."""
         if not self.consts.get("PROFILE"):
             raise ValueError('Make the step with stream_step.ABLATE["PROFILE"] = 1 to read its clocks.')
         stages = 3 * self.decoder.config.n_layer + 1
-        marks = self.counts[4:].view(self.blocks, stages + 1, 4).to(torch.int64).cpu() & 0xFFFFFFFF
-        fields = {name: marks[:, :stages, k] for k, name in enumerate(("wait_from", "wait_to", "end", "copy"))}
+        marks = self.counts[4:].view(self.blocks, stages + 1, 8).to(torch.int64).cpu() & 0xFFFFFFFF
+        names = ("wait_from", "wait_to", "ready", "computed", "end", "copy")
+        fields = {name: marks[:, :stages, k] for k, name in enumerate(names)}
         return fields | {"finish": marks[:, stages, 0], "start_ns": marks[:, stages, 1]}
 
     def check(self) -> None:
