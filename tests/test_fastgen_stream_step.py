@@ -23,9 +23,9 @@ GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
 
 
-def _decoder(sharp_gpt2, dtype=torch.float32, length=40, n=34, device=DEV):
-    """A small GPT-2 whose caches hold ``n`` positions of a prompt."""
-    decoder = fastgen.Decoder(sharp_gpt2(n_head=2).to(device), dtype)
+def _decoder(sharp_gpt2, dtype=torch.float32, length=40, n=34, device=DEV, **shape):
+    """A small GPT-2 (``shape``: its width and heads) whose caches hold ``n`` positions of a prompt."""
+    decoder = fastgen.Decoder(sharp_gpt2(**{"n_head": 2} | shape).to(device), dtype)
     prompt = torch.randint(0, 300, (1, n), generator=torch.Generator().manual_seed(2)).to(device)
     decoder.setup_caches(1, length)
     decoder(prompt, decoder.arange[:n])
@@ -158,10 +158,21 @@ def test_one_step_gives_the_eager_residual_and_token(dtype, blocks, slot_bytes, 
         monkeypatch.setattr(stream_step, "SLOT_BYTES", slot_bytes)
     if bulk is not None:
         monkeypatch.setattr(stream_step, "ABLATE", {"COPY_BULK": bulk})
-    decoder = _decoder(sharp_gpt2, dtype)
-    n = 34
+    _one_step(_decoder(sharp_gpt2, dtype), 34, blocks)
+
+
+@gpu
+@pytest.mark.parametrize("n", [1, 7, 8, 40, 62])
+def test_one_step_with_a_wide_head_reads_the_cache_in_rounds(n, sharp_gpt2):
+    """A head of 256 values: 32 threads a cached position, 8 positions a round (the block's 256 threads), so a
+    long prompt takes more rounds than the ones read before the wait (KV_AHEAD)."""
+    _one_step(_decoder(sharp_gpt2, torch.bfloat16, length=64, n=n, n_embd=256, n_head=1), n, None)
+
+
+def _one_step(decoder, n, blocks):
+    """One step of the streaming kernel at position ``n`` against the eager decoder."""
     tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([n], device=DEV)
-    out = torch.zeros(1, 40, dtype=torch.long, device=DEV)
+    out = torch.zeros(1, decoder.length, dtype=torch.long, device=DEV)
     step = stream_step.StreamStep(decoder, tok, pos, out, blocks=blocks)
     step()
     ids = torch.tensor([[7]], device=DEV)

@@ -17,7 +17,7 @@
 //
 // Compiled at run time by NVRTC; the host defines before this text: C (width), H (heads), D (head size),
 // N_LAYER, VOCAB, CACHE_LEN, HIDDEN (MLP width), NTHREADS, SLOTS, SLOT_BYTES, FP16 (1: fp16 weights, 0: bf16),
-// WAIT_LIMIT, PAIRS (column pairs of the MLP's output per thread), POS_PER_THREAD (cached positions per thread).
+// WAIT_LIMIT, PAIRS (column pairs of the MLP's output per thread).
 
 #ifndef NO_WAIT  // ablations (stream_step.ABLATE), for timing what a part costs; their tokens are wrong
 #define NO_WAIT 0  // 1: waits pass at once
@@ -221,64 +221,71 @@ __device__ Layer layer_at(const long long* table, int layer) {
 }
 
 // Attention of head `head` for the query in q (global, fp32) over cached positions 0..pos, into att (D floats,
-// shared memory). Each thread takes positions tid, tid + NTHREADS, ... with its own running max, sum and
-// weighted values (the online softmax); the threads' parts are then rescaled to the block's max and summed.
-// kv holds the keys and values of the thread's first position, loaded before the block waited (positions
-// before pos were written by earlier tokens; the one at pos only now, so it is loaded here).
-__device__ void attend(const float* q_g, const half_t* ck, const half_t* cv, int pos, const uint4* kv_first,
+// shared memory). G threads share a position, each holding 8 of its D values (one 16-byte load of the key, one
+// of the value), so a warp reads 32 / G whole positions, contiguous in the cache; the block reads P positions a
+// round. Each thread keeps its own running max, sum and 8 weighted values over its positions (the online
+// softmax); the threads' parts are then rescaled to the block's max and summed. kv holds the keys and values of
+// the thread's first KV_AHEAD positions, loaded before the block waited (positions before pos were written by
+// earlier tokens; the one at pos only now, so it is loaded here).
+#define G (D / 8)        // threads a position (a power of two, at most 32: stream_step.refuse checks the head size)
+#define P (NTHREADS / G)  // positions a round
+#define KV_AHEAD 4       // rounds of keys and values read before the wait
+__device__ __forceinline__ float dot8(uint4 k, const float* q) {
+    return lo16(k.x) * q[0] + hi16(k.x) * q[1] + lo16(k.y) * q[2] + hi16(k.y) * q[3] + lo16(k.z) * q[4] +
+           hi16(k.z) * q[5] + lo16(k.w) * q[6] + hi16(k.w) * q[7];
+}
+__device__ void attend(const float* q_g, const half_t* ck, const half_t* cv, int pos, const uint4* kv,
                        float* qs, float* att, float* part, float* red) {
-    const int tid = threadIdx.x;
+    const int tid = threadIdx.x, c = tid % G, ps = tid / G, lane = tid & 31, warp = tid >> 5;
     if (tid < D) qs[tid] = ldcg(q_g + tid) * rsqrtf((float)D);
     __syncthreads();
-    float m = -INF, total = 0.f, acc[D];
+    float q[8], acc[8], m = -INF, total = 0.f;
 #pragma unroll
-    for (int d = 0; d < D; ++d) acc[d] = 0.f;
+    for (int d = 0; d < 8; ++d) q[d] = qs[8 * c + d], acc[d] = 0.f;
+    const uint4* k4 = reinterpret_cast<const uint4*>(ck);  // (CACHE_LEN, G) 16-byte chunks
+    const uint4* v4 = reinterpret_cast<const uint4*>(cv);
+    // one position's key and value: the score, summed over the G threads of the position (the whole warp takes
+    // part in the shuffles, so every thread goes through the same rounds), then the online softmax
+    auto take = [&](bool valid, uint4 k, uint4 v) {
+        float s = dot8(k, q);
 #pragma unroll
-    for (int i = 0; i < POS_PER_THREAD; ++i) {
-        const int p = tid + i * NTHREADS;
-        if (p > pos) break;
-        uint4 k[D / 8], v[D / 8];
+        for (int o = 1; o < G; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (valid) {
+            const float top = fmaxf(m, s), shrink = __expf(m - top), e = __expf(s - top);
+            total = total * shrink + e;
+            const float w[8] = {lo16(v.x), hi16(v.x), lo16(v.y), hi16(v.y), lo16(v.z), hi16(v.z), lo16(v.w), hi16(v.w)};
 #pragma unroll
-        for (int c = 0; c < D / 8; ++c) {
-            if (i == 0 && p < pos) {
-                k[c] = kv_first[c];
-                v[c] = kv_first[D / 8 + c];
-            } else {
-                k[c] = __ldcg(reinterpret_cast<const uint4*>(ck + (size_t)p * D) + c);
-                v[c] = __ldcg(reinterpret_cast<const uint4*>(cv + (size_t)p * D) + c);
-            }
+            for (int d = 0; d < 8; ++d) acc[d] = acc[d] * shrink + e * w[d];
+            m = top;
         }
-        float s = 0.f;
+    };
+    const int rounds = pos / P + 1;  // the same for every thread
 #pragma unroll
-        for (int c = 0; c < D / 8; ++c) {
-            s += lo16(k[c].x) * qs[8 * c] + hi16(k[c].x) * qs[8 * c + 1] + lo16(k[c].y) * qs[8 * c + 2];
-            s += hi16(k[c].y) * qs[8 * c + 3] + lo16(k[c].z) * qs[8 * c + 4] + hi16(k[c].z) * qs[8 * c + 5];
-            s += lo16(k[c].w) * qs[8 * c + 6] + hi16(k[c].w) * qs[8 * c + 7];
+    for (int r = 0; r < KV_AHEAD; ++r) {
+        if (r < rounds) {
+            const int p = ps + r * P;
+            uint4 k = kv[r], v = kv[KV_AHEAD + r];
+            if (p == pos) k = __ldcg(k4 + (size_t)p * G + c), v = __ldcg(v4 + (size_t)p * G + c);
+            take(p <= pos, k, v);
         }
-        const float top = fmaxf(m, s), shrink = __expf(m - top), e = __expf(s - top);
-        total = total * shrink + e;
-#pragma unroll
-        for (int c = 0; c < D / 8; ++c) {
-            acc[8 * c] = acc[8 * c] * shrink + e * lo16(v[c].x);
-            acc[8 * c + 1] = acc[8 * c + 1] * shrink + e * hi16(v[c].x);
-            acc[8 * c + 2] = acc[8 * c + 2] * shrink + e * lo16(v[c].y);
-            acc[8 * c + 3] = acc[8 * c + 3] * shrink + e * hi16(v[c].y);
-            acc[8 * c + 4] = acc[8 * c + 4] * shrink + e * lo16(v[c].z);
-            acc[8 * c + 5] = acc[8 * c + 5] * shrink + e * hi16(v[c].z);
-            acc[8 * c + 6] = acc[8 * c + 6] * shrink + e * lo16(v[c].w);
-            acc[8 * c + 7] = acc[8 * c + 7] * shrink + e * hi16(v[c].w);
-        }
-        m = top;
     }
-    const float top = block_max(m, red);  // every thread has position 0 or none: top is finite
+    for (int r = KV_AHEAD; r < rounds; ++r) {
+        const int p = ps + r * P;
+        uint4 k = make_uint4(0, 0, 0, 0), v = k;
+        if (p <= pos) k = __ldcg(k4 + (size_t)p * G + c), v = __ldcg(v4 + (size_t)p * G + c);
+        take(p <= pos, k, v);
+    }
+    const float top = block_max(m, red);  // position 0 is some thread's: top is finite
     const float scale = m == -INF ? 0.f : __expf(m - top);
-    const float denom = block_sum(total * scale, red);
-    // sum acc * scale over the block: over each warp's lanes with shuffles, then over warps in shared memory
-    const int lane = tid & 31, warp = tid >> 5;
+    const float denom = block_sum(c == 0 ? total * scale : 0.f, red);  // each position's group once
+    // sum acc * scale over the block: over the lanes of a warp that hold the same values (lanes c, c + G, ...)
+    // with shuffles, then over warps in shared memory
 #pragma unroll
-    for (int d = 0; d < D; ++d) {
-        const float s = warp_sum(acc[d] * scale);
-        if (lane == 0) part[warp * D + d] = s;
+    for (int d = 0; d < 8; ++d) {
+        float a = acc[d] * scale;
+#pragma unroll
+        for (int o = G; o < 32; o <<= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+        if (lane < G) part[warp * D + 8 * c + d] = a;
     }
     __syncthreads();
     if (tid < D) {
@@ -396,7 +403,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
     float acc[2 * PAIRS];  // the MLP's output columns 2 t, 2 t + 1, t = tid + k NTHREADS, summed over pieces
     float top = -INF;  // the output layer: this warp's best logit and row
     int top_row = 0;
-    uint4 kv_first[D / 4];  // the attention: the key and value at this thread's first cached position
+    uint4 kv[2 * KV_AHEAD];  // the attention: keys, then values, of this thread's first KV_AHEAD positions
 
     for (int i = 0; i < np; ++i) {
         issue(i + SLOTS - 1);
@@ -412,13 +419,14 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
 #endif
         const unsigned char* slot = ring + (i % SLOTS) * SLOT_BYTES;
         const Layer L = layer_at(table, kind == 3 ? 0 : layer);
-        if (kind == 1 && hi > lo && tid < pos) {  // keys and values cached by earlier tokens: read before waiting
-            const uint4* ck = reinterpret_cast<const uint4*>(L.cache_k + ((size_t)head * CACHE_LEN + tid) * D);
-            const uint4* cv = reinterpret_cast<const uint4*>(L.cache_v + ((size_t)head * CACHE_LEN + tid) * D);
+        if (kind == 1 && hi > lo) {  // keys and values cached by earlier tokens: read before waiting
+            const uint4* ck = reinterpret_cast<const uint4*>(L.cache_k + (size_t)head * CACHE_LEN * D);
+            const uint4* cv = reinterpret_cast<const uint4*>(L.cache_v + (size_t)head * CACHE_LEN * D);
 #pragma unroll
-            for (int c = 0; c < D / 8; ++c) {
-                kv_first[c] = __ldcg(ck + c);
-                kv_first[D / 8 + c] = __ldcg(cv + c);
+            for (int r = 0; r < KV_AHEAD; ++r) {
+                const int p = tid / G + r * P, at = p * G + tid % G;  // (see attend)
+                kv[r] = p < pos ? __ldcg(ck + at) : make_uint4(0, 0, 0, 0);
+                kv[KV_AHEAD + r] = p < pos ? __ldcg(cv + at) : make_uint4(0, 0, 0, 0);
             }
         }
         if (flags & F_FIRST) {
@@ -489,7 +497,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
         } else if (kind == 1) {  // head's attention, times rows lo..hi of the projection's columns for that head
             if (hi > lo) {
                 attend(q_g + head * D, L.cache_k + (size_t)head * CACHE_LEN * D,
-                       L.cache_v + (size_t)head * CACHE_LEN * D, pos, kv_first, qs, att, part, red);
+                       L.cache_v + (size_t)head * CACHE_LEN * D, pos, kv, qs, att, part, red);
                 for (int r = lo + warp; r < hi; r += NWARPS) {
                     const u32* w = reinterpret_cast<const u32*>(slot + (size_t)(r - lo) * D * 2);
                     float s = 0.f;

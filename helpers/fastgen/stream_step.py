@@ -227,7 +227,7 @@ def defines(decoder) -> dict:
         C=c, H=cfg.n_head, D=c // cfg.n_head, N_LAYER=cfg.n_layer, VOCAB=cfg.vocab_size, CACHE_LEN=decoder.length,
         HIDDEN=decoder.blocks[0].fc.weight.shape[0], NTHREADS=nthreads, SLOTS=slots, SLOT_BYTES=slot_bytes,
         FP16=int(decoder.head.weight.dtype == torch.float16), WAIT_LIMIT=WAIT_LIMIT,
-        PAIRS=math.ceil(c / (2 * nthreads)), POS_PER_THREAD=math.ceil(decoder.length / nthreads), COPY_BULK=int(bulk),
+        PAIRS=math.ceil(c / (2 * nthreads)), COPY_BULK=int(bulk),
     ) | ABLATE  # fmt: skip
 
 
@@ -256,10 +256,11 @@ def refuse(decoder) -> str | None:
     if any(getattr(block, name).bias is None for block in decoder.blocks for name in ("qkv", "proj", "fc", "out")):
         return "The streaming step adds GPT-2's biases; this model's layers have none. Use kernels=True."
     head_dim = cfg.n_embd // cfg.n_head
-    if cfg.n_embd % 8 or head_dim % 8:
+    if cfg.n_embd % 8 or head_dim not in (8, 16, 32, 64, 128, 256):
         return (
-            f"The streaming step copies 16 bytes at a time: width {cfg.n_embd} and head size {head_dim} must be "
-            "multiples of 8."
+            f"The streaming step copies 16 bytes at a time and shares a cached position among head size / 8 "
+            f"threads of a warp: width {cfg.n_embd} must be a multiple of 8 and head size {head_dim} one of 8, 16, "
+            "32, 64, 128 or 256."
         )
     norms = [n for b in decoder.blocks for n in (b.ln_1, b.ln_2)] + [decoder.ln_f]
     if len({n.eps for n in norms}) > 1:
