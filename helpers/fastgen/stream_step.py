@@ -27,12 +27,10 @@ weights from the packed stream: the CPU tests check the plan with it, and a read
 arithmetic in Python. A wait that does not fill (a block that could not start) gives up after ``WAIT_LIMIT``
 polls, and ``StreamStep.check`` raises, rather than the GPU hanging.
 
-Status: not yet timed by a recorded run (``python -m helpers.ladder --persistent``, ``python -m helpers.timeline``
-add its row). One throwaway run on an H200 (2026-12-07; a version before ``ROWS`` and ``COPY_BULK``, each warp
-then multiplying one row at a time): its tokens equalled the Triton step's for 128 tokens of the GPT-2 124M
-architecture, and a token took 356 us against the Triton step's 180 us in the same process, with 4 slots of
-48 KiB, 3 of 64 KiB or 4 of 40 KiB alike. Where that time goes is not measured yet; the ablations below are for
-that. So ``FastGPT2`` uses it only when asked (``kernels="stream"``).
+Status: ``python -m helpers.timeline --record`` records its token on a GPU (``results/recorded/timeline--*.jsonl``)
+with its blocks' own clocks (``PROFILE``, ``clock_shares``: the share of a token spent waiting for the other
+blocks, setting up stages, computing on pieces, arriving, and between stages); notebook 05 prints them against
+the Triton step's token. ``FastGPT2`` uses it only when asked (``kernels="stream"``).
 """
 
 from __future__ import annotations
