@@ -115,6 +115,7 @@ def test_the_step_refuses_what_it_cannot_run(sharp_gpt2):
         (torch.float16, 90, {}),
         (torch.bfloat16, 90, {"COPY_BULK": 1}),
         (torch.bfloat16, 90, {"PROFILE": 1, "ARRIVE_RELEASE": 1, "COPY_FROM": 32}),
+        (torch.bfloat16, 90, {"KV_GROUPS": 1}),
         (torch.bfloat16, 80, {}),
     ],
 )
@@ -149,23 +150,25 @@ gpu = pytest.mark.skipif(not GPU, reason="the streaming step is CUDA C++: it run
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("blocks, slot_bytes", [(None, None), (5, None), (5, 512)])
-@pytest.mark.parametrize("bulk", [None, 0])
-def test_one_step_gives_the_eager_residual_and_token(dtype, blocks, slot_bytes, bulk, monkeypatch, sharp_gpt2):
+@pytest.mark.parametrize("ablate", [{}, {"COPY_BULK": 0}, {"KV_GROUPS": 1}], ids=["default", "cp.async", "KV_GROUPS"])
+def test_one_step_gives_the_eager_residual_and_token(dtype, blocks, slot_bytes, ablate, monkeypatch, sharp_gpt2):
     """One block a multiprocessor, and 5 blocks (several attention items a block); with 512-byte slots, every
     stage of a block takes several pieces (the ring of slots turns many times in a token). The copies of the
-    GPU's default, and every thread's cp.async copies (the default before Hopper)."""
+    GPU's default, every thread's cp.async copies (the default before Hopper), and the attention's coalesced
+    reads of the cache."""
     if slot_bytes:
         monkeypatch.setattr(stream_step, "SLOT_BYTES", slot_bytes)
-    if bulk is not None:
-        monkeypatch.setattr(stream_step, "ABLATE", {"COPY_BULK": bulk})
+    monkeypatch.setattr(stream_step, "ABLATE", ablate)
     _one_step(_decoder(sharp_gpt2, dtype), 34, blocks)
 
 
 @gpu
 @pytest.mark.parametrize("n", [1, 7, 8, 40, 62])
-def test_one_step_with_a_wide_head_reads_the_cache_in_rounds(n, sharp_gpt2):
-    """A head of 256 values: 32 threads a cached position, 8 positions a round (the block's 256 threads), so a
-    long prompt takes more rounds than the ones read before the wait (KV_AHEAD)."""
+@pytest.mark.parametrize("groups", [0, 1], ids=["default", "KV_GROUPS"])
+def test_one_step_with_a_wide_head_reads_the_cache_in_rounds(n, groups, monkeypatch, sharp_gpt2):
+    """A head of 256 values. With KV_GROUPS, 32 threads a cached position and 8 positions a round (the block's
+    256 threads), so a long prompt takes more rounds than the ones read before the wait (KV_AHEAD)."""
+    monkeypatch.setattr(stream_step, "ABLATE", {"KV_GROUPS": groups})
     _one_step(_decoder(sharp_gpt2, torch.bfloat16, length=64, n=n, n_embd=256, n_head=1), n, None)
 
 

@@ -17,7 +17,7 @@
 //
 // Compiled at run time by NVRTC; the host defines before this text: C (width), H (heads), D (head size),
 // N_LAYER, VOCAB, CACHE_LEN, HIDDEN (MLP width), NTHREADS, SLOTS, SLOT_BYTES, FP16 (1: fp16 weights, 0: bf16),
-// WAIT_LIMIT, PAIRS (column pairs of the MLP's output per thread).
+// WAIT_LIMIT, PAIRS (column pairs of the MLP's output per thread), POS_PER_THREAD (cached positions per thread).
 
 #ifndef NO_WAIT  // ablations (stream_step.ABLATE), for timing what a part costs; their tokens are wrong
 #define NO_WAIT 0  // 1: waits pass at once
@@ -33,6 +33,9 @@
 #endif
 #ifndef COPY_FROM
 #define COPY_FROM 0  // the first thread that copies (32: warp 0, which arrives and waits, issues no copies)
+#endif
+#ifndef KV_GROUPS
+#define KV_GROUPS 0  // 1: attention reads the cache with head size / 8 threads a position (coalesced; see attend)
 #endif
 #ifndef PROFILE
 #define PROFILE 0  // 1: each block writes its clock at every stage's wait and end into counts (stream_step.profile)
@@ -220,6 +223,7 @@ __device__ Layer layer_at(const long long* table, int layer) {
     return L;
 }
 
+#if KV_GROUPS
 // Attention of head `head` for the query in q (global, fp32) over cached positions 0..pos, into att (D floats,
 // shared memory). G threads share a position, each holding 8 of its D values (one 16-byte load of the key, one
 // of the value), so a warp reads 32 / G whole positions, contiguous in the cache; the block reads P positions a
@@ -296,6 +300,77 @@ __device__ void attend(const float* q_g, const half_t* ck, const half_t* cv, int
     }
     __syncthreads();
 }
+#else
+// Attention of head `head` for the query in q (global, fp32) over cached positions 0..pos, into att (D floats,
+// shared memory). Each thread takes positions tid, tid + NTHREADS, ... with its own running max, sum and
+// weighted values (the online softmax); the threads' parts are then rescaled to the block's max and summed.
+// kv holds the keys and values of the thread's first position, loaded before the block waited (positions
+// before pos were written by earlier tokens; the one at pos only now, so it is loaded here).
+__device__ void attend(const float* q_g, const half_t* ck, const half_t* cv, int pos, const uint4* kv_first,
+                       float* qs, float* att, float* part, float* red) {
+    const int tid = threadIdx.x;
+    if (tid < D) qs[tid] = ldcg(q_g + tid) * rsqrtf((float)D);
+    __syncthreads();
+    float m = -INF, total = 0.f, acc[D];
+#pragma unroll
+    for (int d = 0; d < D; ++d) acc[d] = 0.f;
+#pragma unroll
+    for (int i = 0; i < POS_PER_THREAD; ++i) {
+        const int p = tid + i * NTHREADS;
+        if (p > pos) break;
+        uint4 k[D / 8], v[D / 8];
+#pragma unroll
+        for (int c = 0; c < D / 8; ++c) {
+            if (i == 0 && p < pos) {
+                k[c] = kv_first[c];
+                v[c] = kv_first[D / 8 + c];
+            } else {
+                k[c] = __ldcg(reinterpret_cast<const uint4*>(ck + (size_t)p * D) + c);
+                v[c] = __ldcg(reinterpret_cast<const uint4*>(cv + (size_t)p * D) + c);
+            }
+        }
+        float s = 0.f;
+#pragma unroll
+        for (int c = 0; c < D / 8; ++c) {
+            s += lo16(k[c].x) * qs[8 * c] + hi16(k[c].x) * qs[8 * c + 1] + lo16(k[c].y) * qs[8 * c + 2];
+            s += hi16(k[c].y) * qs[8 * c + 3] + lo16(k[c].z) * qs[8 * c + 4] + hi16(k[c].z) * qs[8 * c + 5];
+            s += lo16(k[c].w) * qs[8 * c + 6] + hi16(k[c].w) * qs[8 * c + 7];
+        }
+        const float top = fmaxf(m, s), shrink = __expf(m - top), e = __expf(s - top);
+        total = total * shrink + e;
+#pragma unroll
+        for (int c = 0; c < D / 8; ++c) {
+            acc[8 * c] = acc[8 * c] * shrink + e * lo16(v[c].x);
+            acc[8 * c + 1] = acc[8 * c + 1] * shrink + e * hi16(v[c].x);
+            acc[8 * c + 2] = acc[8 * c + 2] * shrink + e * lo16(v[c].y);
+            acc[8 * c + 3] = acc[8 * c + 3] * shrink + e * hi16(v[c].y);
+            acc[8 * c + 4] = acc[8 * c + 4] * shrink + e * lo16(v[c].z);
+            acc[8 * c + 5] = acc[8 * c + 5] * shrink + e * hi16(v[c].z);
+            acc[8 * c + 6] = acc[8 * c + 6] * shrink + e * lo16(v[c].w);
+            acc[8 * c + 7] = acc[8 * c + 7] * shrink + e * hi16(v[c].w);
+        }
+        m = top;
+    }
+    const float top = block_max(m, red);  // every thread has position 0 or none: top is finite
+    const float scale = m == -INF ? 0.f : __expf(m - top);
+    const float denom = block_sum(total * scale, red);
+    // sum acc * scale over the block: over each warp's lanes with shuffles, then over warps in shared memory
+    const int lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+        const float s = warp_sum(acc[d] * scale);
+        if (lane == 0) part[warp * D + d] = s;
+    }
+    __syncthreads();
+    if (tid < D) {
+        float s = 0.f;
+#pragma unroll
+        for (int w = 0; w < NWARPS; ++w) s += part[w * D + tid];
+        att[tid] = s / denom;
+    }
+    __syncthreads();
+}
+#endif
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
     const half_t* __restrict__ stream,   // the packed weights, each block's share contiguous
@@ -403,7 +478,11 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
     float acc[2 * PAIRS];  // the MLP's output columns 2 t, 2 t + 1, t = tid + k NTHREADS, summed over pieces
     float top = -INF;  // the output layer: this warp's best logit and row
     int top_row = 0;
+#if KV_GROUPS
     uint4 kv[2 * KV_AHEAD];  // the attention: keys, then values, of this thread's first KV_AHEAD positions
+#else
+    uint4 kv[D / 4];  // the attention: the key and value at this thread's first cached position
+#endif
 
     for (int i = 0; i < np; ++i) {
         issue(i + SLOTS - 1);
@@ -419,6 +498,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
 #endif
         const unsigned char* slot = ring + (i % SLOTS) * SLOT_BYTES;
         const Layer L = layer_at(table, kind == 3 ? 0 : layer);
+#if KV_GROUPS
         if (kind == 1 && hi > lo) {  // keys and values cached by earlier tokens: read before waiting
             const uint4* ck = reinterpret_cast<const uint4*>(L.cache_k + (size_t)head * CACHE_LEN * D);
             const uint4* cv = reinterpret_cast<const uint4*>(L.cache_v + (size_t)head * CACHE_LEN * D);
@@ -429,6 +509,17 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
                 kv[KV_AHEAD + r] = p < pos ? __ldcg(cv + at) : make_uint4(0, 0, 0, 0);
             }
         }
+#else
+        if (kind == 1 && hi > lo && tid < pos) {  // keys and values cached by earlier tokens: read before waiting
+            const uint4* ck = reinterpret_cast<const uint4*>(L.cache_k + ((size_t)head * CACHE_LEN + tid) * D);
+            const uint4* cv = reinterpret_cast<const uint4*>(L.cache_v + ((size_t)head * CACHE_LEN + tid) * D);
+#pragma unroll
+            for (int c = 0; c < D / 8; ++c) {
+                kv[c] = __ldcg(ck + c);
+                kv[D / 8 + c] = __ldcg(cv + c);
+            }
+        }
+#endif
         if (flags & F_FIRST) {
             // What no other block writes is read before the wait, so that its latency passes while waiting: the
             // norm's gamma and beta, the token's embedding, the biases block 0 starts the layer's sums with. Each

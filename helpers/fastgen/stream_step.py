@@ -65,8 +65,9 @@ WAIT_LIMIT = 1 << 22  # polls of the count before a block gives up (a few second
 # ARRIVE_RELEASE (arrive with one release add), COPY_BULK (1: one bulk copy a piece by one thread, Hopper's TMA,
 # the default on compute capability 9.0 and later; 0: every thread's share in 16-byte cp.async copies, the default
 # before), ROWS (rows a warp multiplies at once, 4 by default), COPY_FROM (with COPY_BULK 0; 32: warp 0, which
-# arrives and waits, issues no copies, so its fence has none of its own to wait for). PROFILE: every block writes
-# its clock at each stage's wait and end (``StreamStep.profile``).
+# arrives and waits, issues no copies, so its fence has none of its own to wait for), KV_GROUPS (1: the attention
+# reads the cache coalesced, head size / 8 threads a position; not yet run on a GPU, so not the default).
+# PROFILE: every block writes its clock at each stage's wait and end (``StreamStep.profile``).
 ABLATE: dict = {}
 
 
@@ -225,7 +226,7 @@ def defines(decoder) -> dict:
         C=c, H=cfg.n_head, D=c // cfg.n_head, N_LAYER=cfg.n_layer, VOCAB=cfg.vocab_size, CACHE_LEN=decoder.length,
         HIDDEN=decoder.blocks[0].fc.weight.shape[0], NTHREADS=nthreads, SLOTS=slots, SLOT_BYTES=slot_bytes,
         FP16=int(decoder.head.weight.dtype == torch.float16), WAIT_LIMIT=WAIT_LIMIT,
-        PAIRS=math.ceil(c / (2 * nthreads)), COPY_BULK=int(bulk),
+        PAIRS=math.ceil(c / (2 * nthreads)), POS_PER_THREAD=math.ceil(decoder.length / nthreads), COPY_BULK=int(bulk),
     ) | ABLATE  # fmt: skip
 
 
