@@ -164,12 +164,25 @@ def test_one_step_gives_the_eager_residual_and_token(dtype, blocks, slot_bytes, 
 
 @gpu
 @pytest.mark.parametrize("n", [1, 7, 8, 40, 62])
-@pytest.mark.parametrize("groups", [0, 1], ids=["default", "KV_GROUPS"])
-def test_one_step_with_a_wide_head_reads_the_cache_in_rounds(n, groups, monkeypatch, sharp_gpt2):
-    """A head of 256 values. With KV_GROUPS, 32 threads a cached position and 8 positions a round (the block's
-    256 threads), so a long prompt takes more rounds than the ones read before the wait (KV_AHEAD)."""
-    monkeypatch.setattr(stream_step, "ABLATE", {"KV_GROUPS": groups})
-    _one_step(_decoder(sharp_gpt2, torch.bfloat16, length=64, n=n, n_embd=256, n_head=1), n, None)
+def test_the_coalesced_attention_reads_the_cache_in_rounds(n, monkeypatch, sharp_gpt2):
+    """A head of 256 values. With KV_GROUPS, 32 threads share a cached position and a round reads 8 (the block's
+    256 threads), so a long prompt takes more rounds than those read before the wait (KV_AHEAD). Against the
+    default layout (a thread a position) from the same caches: at this width the eager decoder's bf16 rounding
+    of a sharp attention differs from either kernel by more than the other tests allow (an H100, 2026-12-07)."""
+    decoder = _decoder(sharp_gpt2, torch.bfloat16, length=64, n=n, n_embd=256, n_head=1)
+    x = []
+    for groups in (0, 1):
+        monkeypatch.setattr(stream_step, "ABLATE", {"KV_GROUPS": groups})
+        tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([n], device=DEV)
+        out = torch.zeros(1, decoder.length, dtype=torch.long, device=DEV)
+        step = stream_step.StreamStep(decoder, tok, pos, out)
+        step()  # both write the same key and value at position n (the same q, k, v stage)
+        step.check()
+        x.append(step.act[decoder.config.n_layer % 2].clone())
+    torch.testing.assert_close(x[1], x[0], rtol=1e-2, atol=1e-2)
+    ln = decoder.ln_f
+    logits = F.layer_norm(x[1], x[1].shape, ln.weight.float(), ln.bias.float(), ln.eps) @ decoder.head.weight.float().T
+    assert tok.item() == logits.argmax()
 
 
 def _one_step(decoder, n, blocks):
