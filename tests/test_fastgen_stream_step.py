@@ -112,10 +112,10 @@ def test_the_step_refuses_what_it_cannot_run(sharp_gpt2):
     "dtype, arch, ablate",
     [
         (torch.bfloat16, 90, {}),
-        (torch.float16, 90, {}),
+        (torch.float16, 90, {"COPY_BULK": 1}),
         (torch.bfloat16, 90, {"COPY_BULK": 1}),
         (torch.bfloat16, 90, {"PROFILE": 1, "ARRIVE_RELEASE": 1, "COPY_FROM": 32}),
-        (torch.bfloat16, 90, {"KV_GROUPS": 1}),
+        (torch.bfloat16, 90, {"KV_GROUPS": 1, "COPY_BULK": 1}),
         (torch.bfloat16, 80, {}),
     ],
 )
@@ -160,6 +160,15 @@ def test_one_step_gives_the_eager_residual_and_token(dtype, blocks, slot_bytes, 
         monkeypatch.setattr(stream_step, "SLOT_BYTES", slot_bytes)
     monkeypatch.setattr(stream_step, "ABLATE", ablate)
     _one_step(_decoder(sharp_gpt2, dtype), 34, blocks)
+
+
+@gpu
+@pytest.mark.parametrize("ablate", [{}, {"KV_GROUPS": 1}], ids=["default", "KV_GROUPS"])
+def test_one_step_with_gpt2s_head_size_and_a_width_over_the_threads(ablate, monkeypatch, sharp_gpt2):
+    """Width 320 (two elements a thread for some of the 256 threads), head size 64 as GPT-2's (8 threads a cached
+    position with KV_GROUPS)."""
+    monkeypatch.setattr(stream_step, "ABLATE", ablate)
+    _one_step(_decoder(sharp_gpt2, torch.bfloat16, n_embd=320, n_head=5), 34, None)
 
 
 @gpu
@@ -240,7 +249,7 @@ def test_the_profile_gives_every_blocks_clocks_in_order(monkeypatch, sharp_gpt2)
         tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([5], device=DEV)
         steps.append(stream_step.StreamStep(decoder, tok, pos, torch.zeros(1, 40, dtype=torch.long, device=DEV)))
         steps[-1]()
-    assert torch.equal(steps[0].tok, steps[1].tok)
+    assert torch.equal(steps[0].tok, steps[1].tok) and torch.equal(steps[0].act, steps[1].act)
     with pytest.raises(ValueError, match="PROFILE"):
         steps[0].profile()
     prof = steps[1].profile()
@@ -248,6 +257,7 @@ def test_the_profile_gives_every_blocks_clocks_in_order(monkeypatch, sharp_gpt2)
     assert prof["end"].shape == (steps[1].blocks, stages)
     order = [prof[name] for name in ("wait_from", "wait_to", "ready", "computed", "end")]
     assert all((a <= b).all() for a, b in itertools.pairwise(order))
+    assert (prof["wait_from"][:, 1:] > 0).all() and (prof["end"] > prof["ready"]).all()  # every mark written
     assert (prof["end"][:, :-1] <= prof["wait_from"][:, 1:]).all() and (prof["end"][:, -1] <= prof["finish"]).all()
     shares = stream_step.clock_shares(prof)
     assert set(shares) == set(stream_step.CLOCK_PARTS) and abs(sum(shares.values()) - 1) < 0.05

@@ -4,8 +4,9 @@
 // of the whole token (its rows of every layer's q, k, v product, its rows of the attention's projection, its
 // hidden units of the MLP, its rows of the output layer) lies in one contiguous stream, cut into pieces of at
 // most SLOT_BYTES, in the order the block uses them (stream_step.py, `plan`). The block copies its stream into a
-// ring of SLOTS pieces in shared memory with asynchronous copies (cp.async), SLOTS - 1 pieces ahead of the piece
-// it computes on. Those copies do not stop at a stage's end: while a block waits for the other blocks (a count
+// ring of SLOTS pieces in shared memory with asynchronous copies (on Hopper and later one bulk copy a piece by
+// the Tensor Memory Accelerator; before, every thread's share in 16-byte cp.async copies), SLOTS - 1 pieces ahead
+// of the piece it computes on. Those copies do not stop at a stage's end: while a block waits for the other blocks (a count
 // in global memory, one arrival per block per stage), its next pieces keep arriving, so the memory stays busy
 // across every wait. That is what the workbook's Triton kernels do not do: Triton's language keeps no ring of
 // shared-memory buffers filled ahead across stages and waits.
@@ -381,7 +382,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
     const half_t* __restrict__ lnf_w, const half_t* __restrict__ lnf_b,
     float* act,                          // (4, C): the residual in turn (2 rows), the residual after attention, q
     float* best,                         // (2, blocks): each block's best logit and its row
-    u32* counts,                         // arrivals, output-layer blocks done, gave up
+    u32* counts,                         // arrivals, output-layer blocks done, gave up, unused; PROFILE's marks
     long long* tok, long long* pos_p, long long* out,
     int max_pieces, float eps) {
     extern __shared__ __align__(16) unsigned char smem[];
@@ -405,7 +406,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
     float* q_g = act + 3 * C;
 #if PROFILE  // per stage (8 words): clock at the wait's start, its end, the stage set up (its input read and
     // normed), its pieces computed, its end (arrived), and cycles waiting for copies
-    u32* prof = counts + 4 + (size_t)b * 8 * (3 * N_LAYER + 2);
+    u32* prof = counts + 32 + (size_t)b * 8 * (3 * N_LAYER + 2);  // after the line the waits poll
     const long long t0 = clock64();
     if (tid == 0) {
         unsigned long long g;
@@ -413,12 +414,12 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
         prof[8 * (3 * N_LAYER + 1) + 1] = (u32)g;  // the block's start in ns, to line blocks up
         for (int k = 0; k < 8 * (3 * N_LAYER + 1); ++k) prof[k] = 0;
     }
-#define MARK(k) if (tid == 0) prof[k] = (u32)(clock64() - t0)
+#define MARK(k) do { if (tid == 0) prof[k] = (u32)(clock64() - t0); } while (0)
 #else
-#define MARK(k)
+#define MARK(k) do { } while (0)
 #endif
 
-    // copy piece i into its slot: every thread its share of 16-byte chunks, then one group per piece
+    // copy piece i into its slot (issue), and wait until it has landed (landed)
 #if COPY_BULK
     // one thread copies a whole piece with one bulk copy (the Tensor Memory Accelerator of Hopper and later),
     // whose arrival completes a phase of the slot's barrier in shared memory; an empty piece completes it at once

@@ -256,11 +256,15 @@ def refuse(decoder) -> str | None:
     if any(getattr(block, name).bias is None for block in decoder.blocks for name in ("qkv", "proj", "fc", "out")):
         return "The streaming step adds GPT-2's biases; this model's layers have none. Use kernels=True."
     head_dim = cfg.n_embd // cfg.n_head
-    if cfg.n_embd % 8 or head_dim not in (8, 16, 32, 64, 128, 256):
+    if cfg.n_embd % 8 or head_dim % 8:
         return (
-            f"The streaming step copies 16 bytes at a time and shares a cached position among head size / 8 "
-            f"threads of a warp: width {cfg.n_embd} must be a multiple of 8 and head size {head_dim} one of 8, 16, "
-            "32, 64, 128 or 256."
+            f"The streaming step copies 16 bytes at a time: width {cfg.n_embd} and head size {head_dim} must be "
+            "multiples of 8."
+        )
+    if ABLATE.get("KV_GROUPS") and head_dim not in (8, 16, 32, 64, 128, 256):
+        return (
+            f"With KV_GROUPS, head size / 8 threads of a warp share a cached position: head size {head_dim} must "
+            "be 8, 16, 32, 64, 128 or 256; leave KV_GROUPS out."
         )
     norms = [n for b in decoder.blocks for n in (b.ln_1, b.ln_2)] + [decoder.ln_f]
     if len({n.eps for n in norms}) > 1:
@@ -295,9 +299,10 @@ def why_not(device, config) -> str | None:
 CLOCK_PARTS = {
     "wait": "waiting at the count for the other blocks",
     "setup": "reading the stage's input and norming it",
-    "compute": "multiplying its pieces (and waiting for their copies)",
+    "compute": "multiplying its pieces (and waiting for the copies of a stage's later pieces)",
     "arrive": "adding its sums and arriving",
-    "between": "between stages (the next pieces' copies, the cached keys and values)",
+    "between": "between stages: waiting for the copy of a stage's first piece, reading before the wait what no "
+    "other block writes (cached keys and values, norm weights, biases)",
 }
 
 
@@ -338,7 +343,8 @@ class StreamStep:
     (1,), writes the keys and values at ``pos``, the next token at ``pos + 1`` of ``out`` (1, L) and into ``tok``,
     and advances ``pos``; everything stays on the device, so steps can be captured in a CUDA graph.
 
-    The decoder's caches must be set up for batch 1 before the step is made (the table holds where they lie).
+    The decoder's caches must be set up for batch 1 before the step is made (the table holds where they lie), and
+    the kernel's arguments are fixed then: assigning other tensors to ``tok``, ``pos`` or ``out`` later has no effect.
     Making it packs a copy of the weights (the plan's stream: as many bytes as the model's matrices) and compiles
     the kernel (about a second). After steps have run, ``check()`` raises if a wait gave up.
     """
@@ -363,8 +369,9 @@ class StreamStep:
         c = decoder.config.n_embd
         self.act = torch.zeros(4, c, device=device)  # the residual in turn (2 rows), after attention, q
         self.best = torch.zeros(2, self.blocks, device=device)  # each block's best logit and row (bits)
-        # arrivals, blocks done, gave up, unused; with ABLATE["PROFILE"], each block's clocks after them
-        marks = self.blocks * 8 * (3 * decoder.config.n_layer + 2) if self.consts.get("PROFILE") else 0
+        # arrivals, blocks done, gave up, unused; with ABLATE["PROFILE"], each block's clocks from word 32 on (the
+        # next 128-byte line, so that writing them does not touch the line the waits poll)
+        marks = 28 + self.blocks * 8 * (3 * decoder.config.n_layer + 2) if self.consts.get("PROFILE") else 0
         self.counts = torch.zeros(4 + marks, dtype=torch.int32, device=device)
         self._function = _compile(self.consts, self.shared, device)
 
@@ -396,11 +403,12 @@ class StreamStep:
         (``wait_from``), to the wait's end (``wait_to``), to the stage set up (``ready``: its input read and
         normed), to its pieces computed (``computed``), to its end (``end``: arrived), and the cycles it waited
         for copies (``copy``, thread 0's share); ``finish``, each block's last cycle, and ``start_ns``, its start
-        on the GPU's clock (ns)."""
+        on the GPU's clock (ns, its low 32 bits: compare the blocks of one step only). The marks are 32-bit cycle
+        counts, so a step that ran longer than about two seconds (a wait that gave up) has no usable clocks."""
         if not self.consts.get("PROFILE"):
             raise ValueError('Make the step with stream_step.ABLATE["PROFILE"] = 1 to read its clocks.')
         stages = 3 * self.decoder.config.n_layer + 1
-        marks = self.counts[4:].view(self.blocks, stages + 1, 8).to(torch.int64).cpu() & 0xFFFFFFFF
+        marks = self.counts[32:].view(self.blocks, stages + 1, 8).to(torch.int64).cpu() & 0xFFFFFFFF
         names = ("wait_from", "wait_to", "ready", "computed", "end", "copy")
         fields = {name: marks[:, :stages, k] for k, name in enumerate(names)}
         return fields | {"finish": marks[:, stages, 0], "start_ns": marks[:, stages, 1]}
