@@ -224,6 +224,17 @@ __device__ Layer layer_at(const long long* table, int layer) {
     return L;
 }
 
+// The attention's last step: att = the sum over warps of part (NWARPS, D) / denom; part written before a barrier.
+__device__ __forceinline__ void warps_sum(const float* part, float* att, float denom) {
+    if (threadIdx.x < D) {
+        float s = 0.f;
+#pragma unroll
+        for (int w = 0; w < NWARPS; ++w) s += part[w * D + threadIdx.x];
+        att[threadIdx.x] = s / denom;
+    }
+    __syncthreads();
+}
+
 #if KV_GROUPS
 // Attention of head `head` for the query in q (global, fp32) over cached positions 0..pos, into att (D floats,
 // shared memory). G threads share a position, each holding 8 of its D values (one 16-byte load of the key, one
@@ -293,13 +304,7 @@ __device__ void attend(const float* q_g, const half_t* ck, const half_t* cv, int
         if (lane < G) part[warp * D + 8 * c + d] = a;
     }
     __syncthreads();
-    if (tid < D) {
-        float s = 0.f;
-#pragma unroll
-        for (int w = 0; w < NWARPS; ++w) s += part[w * D + tid];
-        att[tid] = s / denom;
-    }
-    __syncthreads();
+    warps_sum(part, att, denom);
 }
 #else
 // Attention of head `head` for the query in q (global, fp32) over cached positions 0..pos, into att (D floats,
@@ -363,13 +368,7 @@ __device__ void attend(const float* q_g, const half_t* ck, const half_t* cv, int
         if (lane == 0) part[warp * D + d] = s;
     }
     __syncthreads();
-    if (tid < D) {
-        float s = 0.f;
-#pragma unroll
-        for (int w = 0; w < NWARPS; ++w) s += part[w * D + tid];
-        att[tid] = s / denom;
-    }
-    __syncthreads();
+    warps_sum(part, att, denom);
 }
 #endif
 
