@@ -298,9 +298,11 @@ def why_not(device, config) -> str | None:
 
 CLOCK_PARTS = {
     "wait": "waiting at the count for the other blocks",
-    "setup": "reading the stage's input and norming it",
-    "compute": "multiplying its pieces (and waiting for the copies of a stage's later pieces)",
-    "arrive": "adding its sums and arriving",
+    "setup": "reading the stage's input and norming it (nothing in an attention stage)",
+    "compute": "computing on its pieces (their products, the attention over the cached positions) and waiting for "
+    "the copies of a stage's later pieces",
+    "arrive": "adding its part of the MLP's output and arriving at the count (in the output layer: its best row, "
+    "and the last block's pick of the token)",
     "between": "between stages: waiting for the copy of a stage's first piece, reading before the wait what no "
     "other block writes (cached keys and values, norm weights, biases)",
 }
