@@ -60,3 +60,15 @@ def test_without_a_gpu_the_command_says_why(capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         timeline.token_profile(None, None)
+
+
+def test_steps_leave_out_a_step_the_device_cannot_run(capsys):
+    """Given a device, the streaming step (CUDA C++) is left out where it cannot run, with the reason printed."""
+    from transformers import GPT2Config
+
+    every = timeline.steps()
+    kept = timeline.steps(torch.device("cpu"), GPT2Config())
+    assert [kw["kernels"] for _, kw in every] == [True, "persistent", "dataflow", "stream"]
+    assert [kw["kernels"] for _, kw in kept] == [True, "persistent", "dataflow"]
+    said = capsys.readouterr().out
+    assert said.startswith("streaming step") and "not profiled" in said and "NVIDIA GPU" in said
