@@ -18,7 +18,8 @@
 //
 // Compiled at run time by NVRTC; the host defines before this text: C (width), H (heads), D (head size),
 // N_LAYER, VOCAB, CACHE_LEN, HIDDEN (MLP width), NTHREADS, SLOTS, SLOT_BYTES, FP16 (1: fp16 weights, 0: bf16),
-// WAIT_LIMIT, PAIRS (column pairs of the MLP's output per thread), POS_PER_THREAD (cached positions per thread).
+// WAIT_LIMIT, PROFILE_AT (the word of counts PROFILE's clocks start at), PAIRS (column pairs of the MLP's
+// output per thread), POS_PER_THREAD (cached positions per thread).
 
 #ifndef NO_WAIT  // ablations (stream_step.ABLATE), for timing what a part costs; their tokens are wrong
 #define NO_WAIT 0  // 1: waits pass at once
@@ -405,7 +406,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) stream_step(
     float* q_g = act + 3 * C;
 #if PROFILE  // per stage (8 words): clock at the wait's start, its end, the stage set up (its input read and
     // normed), its pieces computed, its end (arrived), and cycles waiting for copies
-    u32* prof = counts + 32 + (size_t)b * 8 * (3 * N_LAYER + 2);  // after the line the waits poll
+    u32* prof = counts + PROFILE_AT + (size_t)b * 8 * (3 * N_LAYER + 2);  // after the line the waits poll
     const long long t0 = clock64();
     if (tid == 0) {
         unsigned long long g;

@@ -60,6 +60,7 @@ NTHREADS = 256  # threads per block (one block per multiprocessor)
 SLOTS = 4  # pieces of the stream in shared memory at once: one computed on, SLOTS - 1 arriving
 SLOT_BYTES = 48 * 1024  # bytes of a slot (48 KiB), the most a piece holds
 WAIT_LIMIT = 1 << 22  # polls of the count before a block gives up (a few seconds)
+PROFILE_AT = 32  # PROFILE's clocks start at this word of counts: the 128-byte line after the one the waits poll
 # Defines added to the kernel's text, to time a variant. Ablations leave a part out, and their tokens are wrong
 # (timing only): NO_WAIT (waits pass at once), NO_COPY (no weights copied). Variants compute the same tokens:
 # ARRIVE_RELEASE (arrive with one release add), COPY_BULK (1: one bulk copy a piece by one thread, Hopper's TMA,
@@ -226,7 +227,7 @@ def defines(decoder) -> dict:
     return dict(
         C=c, H=cfg.n_head, D=c // cfg.n_head, N_LAYER=cfg.n_layer, VOCAB=cfg.vocab_size, CACHE_LEN=decoder.length,
         HIDDEN=decoder.blocks[0].fc.weight.shape[0], NTHREADS=nthreads, SLOTS=slots, SLOT_BYTES=slot_bytes,
-        FP16=int(decoder.head.weight.dtype == torch.float16), WAIT_LIMIT=WAIT_LIMIT,
+        FP16=int(decoder.head.weight.dtype == torch.float16), WAIT_LIMIT=WAIT_LIMIT, PROFILE_AT=PROFILE_AT,
         PAIRS=math.ceil(c / (2 * nthreads)), POS_PER_THREAD=math.ceil(decoder.length / nthreads), COPY_BULK=int(bulk),
     ) | ABLATE  # fmt: skip
 
@@ -371,10 +372,10 @@ class StreamStep:
         c = decoder.config.n_embd
         self.act = torch.zeros(4, c, device=device)  # the residual in turn (2 rows), after attention, q
         self.best = torch.zeros(2, self.blocks, device=device)  # each block's best logit and row (bits)
-        # arrivals, blocks done, gave up, unused; with ABLATE["PROFILE"], each block's clocks from word 32 on (the
-        # next 128-byte line, so that writing them does not touch the line the waits poll)
-        marks = 28 + self.blocks * 8 * (3 * decoder.config.n_layer + 2) if self.consts.get("PROFILE") else 0
-        self.counts = torch.zeros(4 + marks, dtype=torch.int32, device=device)
+        # arrivals, blocks done, gave up, unused; with ABLATE["PROFILE"], each block's clocks from PROFILE_AT on
+        # (8 words a stage, and a last row: the block's finish and start)
+        marks = PROFILE_AT + self.blocks * 8 * (3 * decoder.config.n_layer + 2) if self.consts.get("PROFILE") else 4
+        self.counts = torch.zeros(marks, dtype=torch.int32, device=device)
         self._function = _compile(self.consts, self.shared, device)
 
         # the kernel's arguments, made once: the tensors stay where they are for the step's life
@@ -410,7 +411,8 @@ class StreamStep:
         if not self.consts.get("PROFILE"):
             raise ValueError('Make the step with stream_step.ABLATE["PROFILE"] = 1 to read its clocks.')
         stages = 3 * self.decoder.config.n_layer + 1
-        marks = self.counts[32:].view(self.blocks, stages + 1, 8).to(torch.int64).cpu() & 0xFFFFFFFF
+        words = self.counts[self.consts["PROFILE_AT"] :].view(self.blocks, stages + 1, 8)  # 8 words a stage
+        marks = words.to(torch.int64).cpu() & 0xFFFFFFFF
         names = ("wait_from", "wait_to", "ready", "computed", "end", "copy")
         fields = {name: marks[:, :stages, k] for k, name in enumerate(names)}
         return fields | {"finish": marks[:, stages, 0], "start_ns": marks[:, stages, 1]}
