@@ -52,9 +52,11 @@ from .persistent_step import (
     QKV_B,
     QKV_W,
     _address,
+    _attend_cached,
     address_table,
+    raise_if_gave_up,
 )
-from .triton_step import _jit, _layer_norm, gelu_tanh, softmax_block, store_qkv, tl, triton
+from .triton_step import _jit, _layer_norm, gelu_tanh, store_qkv, tl, triton
 
 # Rows (or hidden units) a task computes in each stage, and warps a program: the Triton step's settings, but
 # 64 rows an attention task (144 tasks a layer, against 36 with 256). A throwaway sweep on an H100 (2026-12-07,
@@ -144,8 +146,9 @@ def _attention_task(
     C: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, BLOCK_L: tl.constexpr, N_BLOCKS: tl.constexpr,
     LIMIT: tl.constexpr, BACKOFF: tl.constexpr,
 ):  # fmt: skip
-    """Attention of one head over the cache (the online softmax) times ROWS rows of that head's columns of the
-    output projection, added to ``x2``. Task ``t`` takes head ``t // SPLIT`` and block of rows ``t % SPLIT``."""
+    """Attention of one head over the cache (``_attend_cached``, its blocks unrolled) times ROWS rows of that
+    head's columns of the output projection, added to ``x2``. Task ``t`` takes head ``t // SPLIT`` and block of
+    rows ``t % SPLIT``."""
     f32 = tl.float32
     split = (C + ROWS - 1) // ROWS  # tasks per head
     head = task // split
@@ -159,20 +162,8 @@ def _attention_task(
     )  # (ROWS, HEAD_DIM), before the wait
     _wait(wait_ptr, target, flag_ptr, LIMIT, BACKOFF)
     pos = tl.load(pos_ptr)
-    q = tl.load(q_ptr + head * HEAD_DIM + d, cache_modifier=".cg") * scale  # (HEAD_DIM,)
-    k_ptr = _address(table, layer, CACHE_K, wte_ptr)
-    v_ptr = _address(table, layer, CACHE_V, wte_ptr)
-    m = tl.full([], -1e30, f32)  # the running maximum of the scores
-    total = tl.zeros([], f32)  # the running sum of exp(score - m)
-    acc = tl.zeros([HEAD_DIM], f32)  # (HEAD_DIM,) the running weighted sum of values
-    for block in tl.static_range(N_BLOCKS):  # unrolled: all blocks' loads in flight at once
-        at = block * BLOCK_L + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
-        ok = at <= pos
-        offs = head * cache_stride + at[:, None] * HEAD_DIM + d[None, :]  # (BLOCK_L, HEAD_DIM)
-        k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0, cache_modifier=".cg").to(f32)  # (BLOCK_L, HEAD_DIM)
-        v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0, cache_modifier=".cg").to(f32)  # (BLOCK_L, HEAD_DIM)
-        m, total, acc = softmax_block(q, k, v, ok, m, total, acc)
-    y = tl.sum(w.to(f32) * (acc / total)[None, :], 1)  # (ROWS,)
+    att = _attend_cached(table, layer, wte_ptr, q_ptr, pos, head, cache_stride, scale, HEAD_DIM, BLOCK_L, N_BLOCKS)
+    y = tl.sum(w.to(f32) * att[None, :], 1)  # (ROWS,)
     tl.atomic_add(x2_ptr + rows, y, mask=row_ok, sem="relaxed", scope="gpu")
 
 
@@ -251,6 +242,18 @@ def _head_task(
 
 
 @_jit
+def _ticket(ticket_ptr, total):
+    """This program's task number, taken from the ticket counter as the program starts (an atomic add): every
+    smaller number has been taken by a program that is running or done, so the tasks a waiting task waits for
+    are on the GPU already (a program's place in the grid promises no such order). The last of the launch's
+    ``total`` tickets sets the counter back by ``total``, so the next launch counts from 0 again."""
+    t = tl.atomic_add(ticket_ptr, 1, sem="relaxed", scope="gpu")
+    if t == total - 1:
+        tl.atomic_add(ticket_ptr, -total, sem="relaxed", scope="gpu")
+    return t
+
+
+@_jit
 def _dataflow_kernel(
     table, wte_ptr, wpe_ptr, lnf_w_ptr, lnf_b_ptr, tok_ptr, pos_ptr, out_ptr, x_ptr, x2_ptr, q_ptr, best_ptr,
     counts_ptr, cache_stride, scale, eps, V,
@@ -267,11 +270,8 @@ def _dataflow_kernel(
     then (STAGE_COUNTS) the tasks done of each stage: a task waits until the stage before it is done.
     ``x`` (2, C): a layer's input and output residuals in turn; ``x2``: the residual after attention."""
     T_LAYER = T_QKV + T_ATT + T_MLP
-    TOTAL = N_LAYER * T_LAYER + T_HEAD
     if TICKET:
-        t = tl.atomic_add(counts_ptr + 3, 1, sem="relaxed", scope="gpu")
-        if t == TOTAL - 1:  # the last ticket of this launch: the next launch counts from 0
-            tl.atomic_add(counts_ptr + 3, -TOTAL, sem="relaxed", scope="gpu")
+        t = _ticket(counts_ptr + 3, N_LAYER * T_LAYER + T_HEAD)
     else:
         t = tl.program_id(0)
     layer = tl.minimum(t // T_LAYER, N_LAYER)  # N_LAYER: the output layer's tasks (more than a layer's, often)
@@ -372,9 +372,4 @@ class DataflowStep:
 
     def check(self) -> None:
         """Raise if a wait gave up in the steps run so far (the tokens they made are wrong)."""
-        if self.counts[2].item():
-            self.counts.zero_()
-            raise RuntimeError(
-                "The dataflow step's tasks did not all make progress: a wait gave up and the tokens are wrong. "
-                "Use kernels=True (one kernel per stage) instead."
-            )
+        raise_if_gave_up(self.counts, self.counts, "The dataflow step's tasks did not all make progress")

@@ -180,12 +180,49 @@ def _qkv_stage(
 
 
 @_jit
+def _cached_block(q, k_ptr, v_ptr, start, pos, m, total, acc, HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Positions start..start + BLOCK_L - 1 of a head's cache (those <= pos) into the online softmax."""
+    at = start + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
+    ok = at <= pos
+    offs = at[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]  # (BLOCK_L, HEAD_DIM)
+    k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0, cache_modifier=".cg").to(tl.float32)  # (BLOCK_L, HEAD_DIM)
+    v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0, cache_modifier=".cg").to(tl.float32)  # (BLOCK_L, HEAD_DIM)
+    return softmax_block(q, k, v, ok, m, total, acc)
+
+
+@_jit
+def _attend_cached(
+    table, layer, wte_ptr, q_ptr, pos, head, cache_stride, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, N_BLOCKS: tl.constexpr,
+):  # fmt: skip
+    """The attention of ``head`` of ``layer`` for the query in ``q`` over the cached positions 0..pos, in blocks
+    of BLOCK_L positions (the online softmax, ``softmax_block``): its output (HEAD_DIM,), fp32. The query and the
+    newest key and value were written by other programs of the same launch, so every load goes to the L2 cache
+    (``.cg``). ``N_BLOCKS`` > 0: that many blocks, unrolled, so that all their loads can be in flight at once
+    (positions past ``pos`` masked); 0: a loop over the blocks up to ``pos``."""
+    d = tl.arange(0, HEAD_DIM)  # (HEAD_DIM,)
+    q = tl.load(q_ptr + head * HEAD_DIM + d, cache_modifier=".cg") * scale  # (HEAD_DIM,)
+    k_ptr = _address(table, layer, CACHE_K, wte_ptr) + head * cache_stride  # this head's cache (length, HEAD_DIM)
+    v_ptr = _address(table, layer, CACHE_V, wte_ptr) + head * cache_stride
+    m = tl.full([], -1e30, tl.float32)  # the running maximum of the scores
+    total = tl.zeros([], tl.float32)  # the running sum of exp(score - m)
+    acc = tl.zeros([HEAD_DIM], tl.float32)  # (HEAD_DIM,) the running weighted sum of values
+    if N_BLOCKS > 0:
+        for block in tl.static_range(N_BLOCKS):
+            m, total, acc = _cached_block(q, k_ptr, v_ptr, block * BLOCK_L, pos, m, total, acc, HEAD_DIM, BLOCK_L)
+    else:
+        for start in range(0, pos + 1, BLOCK_L):
+            m, total, acc = _cached_block(q, k_ptr, v_ptr, start, pos, m, total, acc, HEAD_DIM, BLOCK_L)
+    return acc / total
+
+
+@_jit
 def _attention_stage(
     table, layer, pid, wte_ptr, pos_ptr, x2_ptr, q_ptr, counts_ptr, target, cache_stride, scale,
     C: tl.constexpr, HEAD_DIM: tl.constexpr, N_HEAD: tl.constexpr, SPLIT: tl.constexpr, ROWS: tl.constexpr,
     TILE: tl.constexpr, BLOCK_L: tl.constexpr, SYNC: tl.constexpr, LIMIT: tl.constexpr,
 ):  # fmt: skip
-    """Attention of head ``pid // SPLIT`` over the cache (the online softmax, as in ``triton_step``), times ROWS
+    """Attention of head ``pid // SPLIT`` over the cache (``_attend_cached``), times ROWS
     rows of that head's columns of the output projection, added to ``x2``. Programs beyond ``N_HEAD * SPLIT``
     have no rows: they compute the last head's attention again and add nothing."""
     f32 = tl.float32
@@ -202,20 +239,8 @@ def _attention_stage(
     if SYNC:
         _wait(counts_ptr, target, LIMIT)
     pos = tl.load(pos_ptr)
-    q = tl.load(q_ptr + head * HEAD_DIM + d, cache_modifier=".cg") * scale  # (HEAD_DIM,)
-    k_ptr = _address(table, layer, CACHE_K, wte_ptr)
-    v_ptr = _address(table, layer, CACHE_V, wte_ptr)
-    m = tl.full([], -1e30, f32)  # the running maximum of the scores
-    total = tl.zeros([], f32)  # the running sum of exp(score - m)
-    acc = tl.zeros([HEAD_DIM], f32)  # (HEAD_DIM,) the running weighted sum of values
-    for start in range(0, pos + 1, BLOCK_L):  # blocks of the cached positions 0..pos
-        at = start + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
-        ok = at <= pos
-        offs = head * cache_stride + at[:, None] * HEAD_DIM + d[None, :]  # (BLOCK_L, HEAD_DIM)
-        k = tl.load(k_ptr + offs, mask=ok[:, None], other=0.0, cache_modifier=".cg").to(f32)  # (BLOCK_L, HEAD_DIM)
-        v = tl.load(v_ptr + offs, mask=ok[:, None], other=0.0, cache_modifier=".cg").to(f32)  # (BLOCK_L, HEAD_DIM)
-        m, total, acc = softmax_block(q, k, v, ok, m, total, acc)
-    y = tl.sum(w.to(f32) * (acc / total)[None, :], 1)  # (TILE,)
+    att = _attend_cached(table, layer, wte_ptr, q_ptr, pos, head, cache_stride, scale, HEAD_DIM, BLOCK_L, 0)
+    y = tl.sum(w.to(f32) * att[None, :], 1)  # (TILE,)
     tl.atomic_add(x2_ptr + rows, y, mask=row_ok, sem="relaxed", scope="gpu")
 
 
@@ -452,13 +477,22 @@ class PersistentStep:
 
     def check(self) -> None:
         """Raise if a barrier gave up waiting in the steps run so far (the tokens they made are wrong)."""
-        if self.counts[2].item():
-            self.counts.zero_()  # the flag, and the count the give-up raised: the next steps wait again
-            raise RuntimeError(
-                f"The persistent step's programs did not all run at once ({self.meta['P']} programs): a grid "
-                "barrier gave up waiting and the tokens are wrong. Other work on the same GPU can cause this. "
-                "Use kernels=True (one kernel per stage) instead."
-            )
+        raise_if_gave_up(
+            self.counts, self.counts, f"The persistent step's {self.meta['P']} programs did not all run at once"
+        )
+
+
+def raise_if_gave_up(counts: torch.Tensor, reset: torch.Tensor, what: str) -> None:
+    """The one-launch steps' check: raise if a wait gave up (the flag ``counts[2]``) in the steps run so far,
+    after zeroing ``reset`` (the flag, and the counts the give-up raised), so that the next steps wait again.
+    ``what`` says in the message what went wrong. Reading the flag waits for the GPU, so the generator
+    calls this once a generation, not once a token."""
+    if counts[2].item():
+        reset.zero_()
+        raise RuntimeError(
+            f"{what}: a wait gave up and the tokens are wrong. Other work on the same GPU "
+            "can cause this. Use kernels=True (one kernel per stage) instead."
+        )
 
 
 def address_table(decoder, step: str) -> torch.Tensor:

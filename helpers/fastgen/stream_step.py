@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .persistent_step import _tensor  # a block's tensor by name, checked contiguous
+from .persistent_step import _tensor, raise_if_gave_up  # a block's tensor by name, checked contiguous; check()
 
 SOURCE = Path(__file__).with_name("stream_step.cu")
 # one row of the kernel's table per layer: the addresses of the layer's small tensors and its caches
@@ -419,12 +419,7 @@ class StreamStep:
 
     def check(self) -> None:
         """Raise if a wait gave up in the steps run so far (the tokens they made are wrong)."""
-        if self.counts[2].item():
-            self.counts[:3].zero_()
-            raise RuntimeError(
-                "The streaming step's blocks did not all run at once: a wait gave up and the tokens are wrong. "
-                "Another program may hold part of the GPU; use kernels=True (one kernel per stage) instead."
-            )
+        raise_if_gave_up(self.counts, self.counts[:3], "The streaming step's blocks did not all run at once")
 
 
 _compiled: dict = {}
