@@ -201,6 +201,9 @@ def run(
                 bandwidth=bw,
                 model_bytes=made.weight_bytes() if kind == "fast" else None,
             )
+        switches = getattr(getattr(made, "_greedy", None), "switches", None)  # the streaming step's variant
+        if switches is not None:
+            rec["stream_switches"] = switches
         if batch > 1:
             rec["peak_flops"] = peak  # the GPU's measured matrix-product throughput in this dtype (FLOP/s)
         if not on_gpu:

@@ -178,9 +178,10 @@ def run(model_name: str = "gpt2-124m-random", tokens: int = 16, prompt_len: int 
             fast = fastgen.FastGPT2(model, **kw)
         row = {"label": label, "model": model_name, "n_layer": model.config.n_layer, "dtype": "bf16"}
         row |= token_profile(fast, ids, tokens)
-        del fast
-        if kw["kernels"] == "stream":
+        if kw["kernels"] == "stream":  # which variant of the kernel was timed, and its blocks' own clocks
+            row["stream_switches"] = fast._greedy.switches
             row["stream_clock"] = stream_clocks(model, ids, tokens)
+        del fast
         row |= {"device": "cuda", "device_name": devices.name(dev), "torch": torch.__version__}
         rows.append(row)
     return rows

@@ -7,6 +7,7 @@ with ``nvcc`` where one is installed. On a GPU the kernel itself runs.
 """
 
 import itertools
+import re
 import shutil
 import subprocess
 from types import SimpleNamespace
@@ -108,6 +109,14 @@ def test_the_step_refuses_what_it_cannot_run(sharp_gpt2):
             fastgen.FastGPT2(sharp_gpt2(n_head=2), kernels="stream")
 
 
+def _shape_only(cfg, length: int, dtype=torch.bfloat16) -> SimpleNamespace:
+    """What ``stream_step.defines`` reads of a decoder (its shape, cache length and dtype), without weights."""
+    return SimpleNamespace(
+        config=cfg, length=length, blocks=[SimpleNamespace(fc=SimpleNamespace(weight=torch.empty(4 * cfg.n_embd, 0)))],
+        head=SimpleNamespace(weight=torch.empty(0, dtype=dtype)),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "dtype, arch, ablate",
     [
@@ -127,12 +136,7 @@ def test_the_kernel_compiles_for_a_hopper_gpu(dtype, arch, ablate, monkeypatch, 
     if nvcc is None:
         pytest.skip("no nvcc on this machine (the kernel is compiled by NVRTC on a GPU)")
     monkeypatch.setattr(stream_step, "ABLATE", ablate)
-    cfg = GPT2Config()  # GPT-2 124M's shape, without its weights
-    fake = SimpleNamespace(
-        config=cfg, length=160, blocks=[SimpleNamespace(fc=SimpleNamespace(weight=torch.empty(4 * cfg.n_embd, 0)))],
-        head=SimpleNamespace(weight=torch.empty(0, dtype=dtype)),
-    )  # fmt: skip
-    consts = stream_step.defines(fake)
+    consts = stream_step.defines(_shape_only(GPT2Config(), 160, dtype))  # GPT-2 124M's shape, without its weights
     path = tmp_path / "stream_step.cu"
     path.write_text(stream_step.source(consts))
     done = subprocess.run(
@@ -142,6 +146,19 @@ def test_the_kernel_compiles_for_a_hopper_gpu(dtype, arch, ablate, monkeypatch, 
     assert done.returncode == 0, done.stderr
     assert "0 bytes spill stores" in done.stderr and "0 bytes stack frame" in done.stderr, done.stderr
     assert stream_step.shared_bytes(consts) <= 227 * 1024  # an H100's most per block
+
+
+def test_switches_say_which_variant_of_the_kernel_is_built(monkeypatch):
+    """A recorded run keeps ``switches``: the launch's settings and every ``#ifndef`` switch of the kernel's text,
+    at the value the constants give it (``ABLATE`` through ``defines``) or else at the kernel's own default."""
+    names = re.findall(r"#ifndef (\w+)", stream_step.SOURCE.read_text())
+    monkeypatch.setattr(stream_step, "ABLATE", {"KV_GROUPS": 1, "ROWS": 2})
+    got = stream_step.switches(stream_step.defines(_shape_only(GPT2Config(n_embd=64, n_head=2, n_layer=1), 40)))
+    assert set(got) == {"NTHREADS", "SLOTS", "SLOT_BYTES", *names} and len(names) == len(set(names)) >= 8
+    assert got["KV_GROUPS"] == 1 and got["ROWS"] == 2  # set by ABLATE
+    assert got["NO_WAIT"] == 0 and got["PROFILE"] == 0  # the kernel's defaults
+    assert got["COPY_BULK"] == 0  # defines: no Hopper GPU here, so every thread's cp.async copies
+    assert got["SLOTS"] == stream_step.SLOTS and got["NTHREADS"] == stream_step.NTHREADS
 
 
 gpu = pytest.mark.skipif(not GPU, reason="the streaming step is CUDA C++: it runs on an NVIDIA GPU")

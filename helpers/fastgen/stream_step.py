@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,6 +238,15 @@ def source(consts: dict) -> str:
     return "".join(f"#define {k} {v}\n" for k, v in consts.items()) + SOURCE.read_text()
 
 
+def switches(consts: dict) -> dict:
+    """The settings that choose which kernel ``consts`` compiles: the launch's (``NTHREADS``, ``SLOTS``,
+    ``SLOT_BYTES``) and every switch of ``stream_step.cu`` (each ``#ifndef`` there), at its value in ``consts`` or
+    else the kernel's own default. A recorded run keeps them, so that it says which variant it timed."""
+    defaults = {k: int(v) for k, v in re.findall(r"#ifndef (\w+)[^\n]*\n#define \1 (-?\d+)", SOURCE.read_text())}
+    launch = {k: consts[k] for k in ("NTHREADS", "SLOTS", "SLOT_BYTES")}
+    return launch | {k: consts.get(k, v) for k, v in defaults.items()}
+
+
 def shared_bytes(consts: dict) -> int:
     """Dynamic shared memory of one block: the slots, then the fp32 scratch (``stream_step.cu``'s layout)."""
     nwarps = consts["NTHREADS"] // 32
@@ -363,6 +373,7 @@ class StreamStep:
         if SLOT_BYTES % 16:
             raise ValueError(f"stream_step.SLOT_BYTES must be a multiple of 16 (the copies' size), not {SLOT_BYTES}.")
         self.consts = defines(decoder)
+        self.switches = switches(self.consts)  # which variant of the kernel this step runs
         self.shared = shared_bytes(self.consts)
         self.plan = plan(decoder, self.blocks, self.consts["SLOT_BYTES"])
         self.table = torch.tensor(
