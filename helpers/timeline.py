@@ -164,27 +164,40 @@ def steps(device=None, config=None) -> list[tuple[str, dict]]:
     return kept
 
 
-def run(model_name: str = "gpt2-124m-random", tokens: int = 16, prompt_len: int = 32) -> list[dict]:
-    """One row per step of ``steps``: its ``token_profile`` on this GPU, in bf16."""
-    from . import fastgen
+def profile(model, ids: torch.Tensor, tokens: int = 16, progress: bool = False) -> list[dict]:
+    """One row per step of ``steps`` that can run on the GPU ``ids`` lies on: its ``token_profile`` for greedy
+    tokens after the prompt ``ids``, and for the streaming step also which variant of its kernel ran
+    (``stream_switches``) and its blocks' own clocks (``stream_clock``). Notebook 05 and ``run`` both use it."""
+    from tqdm.auto import tqdm
 
-    dev = devices.pick("cuda")
-    model, tok = models.load(model_name, device=dev, dtype=torch.bfloat16, verbose=False)
-    ids = bench.prompt_ids(tok, prompt_len, 1, dev)
+    from . import fastgen
+    from .ladder import short_dtype
+
+    dev = ids.device
+    if dev.type != "cuda":
+        raise ValueError(f"timeline.profile reads a GPU's kernel timeline: give it a prompt on a CUDA GPU, not {dev}.")
     rows = []
-    for label, kw in steps(dev, model.config):
+    for label, kw in tqdm(steps(dev, model.config), desc="profiling", disable=not progress):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fast = fastgen.FastGPT2(model, **kw)
-        row = {"label": label, "model": model_name, "n_layer": model.config.n_layer, "dtype": "bf16"}
+        row = {"label": label, "n_layer": model.config.n_layer, "dtype": short_dtype(fast.dtype)}
         row |= token_profile(fast, ids, tokens)
         if kw["kernels"] == "stream":  # which variant of the kernel was timed, and its blocks' own clocks
             row["stream_switches"] = fast._greedy.switches
             row["stream_clock"] = stream_clocks(model, ids, tokens)
         del fast
-        row |= {"device": "cuda", "device_name": devices.name(dev), "torch": torch.__version__}
+        row |= {"device": "cuda", "device_type": "cuda", "device_name": devices.name(dev), "torch": torch.__version__}
         rows.append(row)
     return rows
+
+
+def run(model_name: str = "gpt2-124m-random", tokens: int = 16, prompt_len: int = 32) -> list[dict]:
+    """``profile`` of ``model_name`` in bf16 on this GPU, a ``prompt_len``-token prompt."""
+    dev = devices.pick("cuda")
+    model, tok = models.load(model_name, device=dev, dtype=torch.bfloat16, verbose=False)
+    ids = bench.prompt_ids(tok, prompt_len, 1, dev)
+    return [{**row, "model": model_name} for row in profile(model, ids, tokens)]
 
 
 def main(argv=None) -> None:

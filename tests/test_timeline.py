@@ -72,3 +72,9 @@ def test_steps_leave_out_a_step_the_device_cannot_run(capsys):
     assert [kw["kernels"] for _, kw in kept] == [True, "persistent", "dataflow"]
     said = capsys.readouterr().out
     assert said.startswith("streaming step") and "not profiled" in said and "NVIDIA GPU" in said
+
+
+def test_profile_needs_a_prompt_on_a_gpu(sharp_gpt2):
+    """The profile is of GPU kernels: a prompt on the CPU gets a clear error before any step is built."""
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        timeline.profile(sharp_gpt2(), torch.zeros(1, 4, dtype=torch.long))

@@ -239,9 +239,10 @@ def source(consts: dict) -> str:
 
 
 def switches(consts: dict) -> dict:
-    """The settings that choose which kernel ``consts`` compiles: the launch's (``NTHREADS``, ``SLOTS``,
-    ``SLOT_BYTES``) and every switch of ``stream_step.cu`` (each ``#ifndef`` there), at its value in ``consts`` or
-    else the kernel's own default. A recorded run keeps them, so that it says which variant it timed."""
+    """Which variant of the kernel ``consts`` compiles, for a model of a given shape and dtype: the launch's
+    settings (``NTHREADS``, ``SLOTS``, ``SLOT_BYTES``) and every switch of ``stream_step.cu`` (each ``#ifndef``
+    there), at its value in ``consts`` or else the kernel's own default. A recorded run keeps them, so that it
+    says which variant it timed."""
     defaults = {k: int(v) for k, v in re.findall(r"#ifndef (\w+)[^\n]*\n#define \1 (-?\d+)", SOURCE.read_text())}
     launch = {k: consts[k] for k in ("NTHREADS", "SLOTS", "SLOT_BYTES")}
     return launch | {k: consts.get(k, v) for k, v in defaults.items()}
