@@ -183,10 +183,10 @@ def profile(model, ids: torch.Tensor, tokens: int = 16, progress: bool = False) 
             fast = fastgen.FastGPT2(model, **kw)
         row = {"label": label, "n_layer": model.config.n_layer, "dtype": short_dtype(fast.dtype)}
         row |= token_profile(fast, ids, tokens)
-        if kw["kernels"] == "stream":  # which variant of the kernel was timed, and its blocks' own clocks
-            row["stream_switches"] = fast._greedy.switches
-            row["stream_clock"] = stream_clocks(model, ids, tokens)
-        del fast
+        switches = fast._greedy.switches if kw["kernels"] == "stream" else None  # the variant of the kernel timed
+        del fast  # before stream_clocks builds its own step: one packed copy of the weights on the GPU at a time
+        if switches is not None:  # and the streaming step's blocks' own clocks
+            row |= {"stream_switches": switches, "stream_clock": stream_clocks(model, ids, tokens)}
         row |= {"device": "cuda", "device_type": "cuda", "device_name": devices.name(dev), "torch": torch.__version__}
         rows.append(row)
     return rows

@@ -199,23 +199,27 @@ def test_the_coalesced_attention_reads_the_cache_in_rounds(n, monkeypatch, sharp
     x = []
     for groups in (0, 1):
         monkeypatch.setattr(stream_step, "ABLATE", {"KV_GROUPS": groups})
-        tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([n], device=DEV)
-        out = torch.zeros(1, decoder.length, dtype=torch.long, device=DEV)
-        step = stream_step.StreamStep(decoder, tok, pos, out)
+        step = _step_at(decoder, n)
         step()  # both write the same key and value at position n (the same q, k, v stage)
         step.check()
         x.append(step.act[decoder.config.n_layer % 2].clone())
     torch.testing.assert_close(x[1], x[0], rtol=1e-2, atol=1e-2)
     ln = decoder.ln_f
     logits = F.layer_norm(x[1], x[1].shape, ln.weight.float(), ln.bias.float(), ln.eps) @ decoder.head.weight.float().T
-    assert tok.item() == logits.argmax()
+    assert step.tok.item() == logits.argmax()
+
+
+def _step_at(decoder, n, blocks=None):
+    """A streaming step of token 7 at position ``n`` (its ``tok``, ``pos`` and ``out`` are the step's)."""
+    tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([n], device=DEV)
+    out = torch.zeros(1, decoder.length, dtype=torch.long, device=DEV)
+    return stream_step.StreamStep(decoder, tok, pos, out, blocks=blocks)
 
 
 def _one_step(decoder, n, blocks):
     """One step of the streaming kernel at position ``n`` against the eager decoder."""
-    tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([n], device=DEV)
-    out = torch.zeros(1, decoder.length, dtype=torch.long, device=DEV)
-    step = stream_step.StreamStep(decoder, tok, pos, out, blocks=blocks)
+    step = _step_at(decoder, n, blocks)
+    tok, pos, out = step.tok, step.pos, step.out
     step()
     ids = torch.tensor([[7]], device=DEV)
     hidden = decoder.hidden(ids, decoder.arange[n : n + 1])[0, -1].float()
@@ -245,8 +249,7 @@ def test_a_wait_that_cannot_fill_gives_up_and_says_so(monkeypatch, sharp_gpt2):
     flags it and lets the other waits pass, and check() says so (instead of a hang)."""
     monkeypatch.setattr(stream_step, "WAIT_LIMIT", 64)
     decoder = _decoder(sharp_gpt2, torch.bfloat16)
-    tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([0], device=DEV)
-    step = stream_step.StreamStep(decoder, tok, pos, torch.zeros(1, 40, dtype=torch.long, device=DEV))
+    step = _step_at(decoder, 0)
     step.counts[0] = -(1 << 20)
     step()
     assert step.counts.tolist() == [0, 0, 1, 0]  # the last block reset the counts; the flag stays for check()
@@ -263,8 +266,7 @@ def test_the_profile_gives_every_blocks_clocks_in_order(monkeypatch, sharp_gpt2)
     steps = []
     for ablate in ({}, {"PROFILE": 1}):
         monkeypatch.setattr(stream_step, "ABLATE", ablate)
-        tok, pos = torch.tensor([[7]], device=DEV), torch.tensor([5], device=DEV)
-        steps.append(stream_step.StreamStep(decoder, tok, pos, torch.zeros(1, 40, dtype=torch.long, device=DEV)))
+        steps.append(_step_at(decoder, 5))
         steps[-1]()
     assert torch.equal(steps[0].tok, steps[1].tok) and torch.equal(steps[0].act, steps[1].act)
     with pytest.raises(ValueError, match="PROFILE"):
